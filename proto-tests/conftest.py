@@ -1,0 +1,91 @@
+"""Pytest fixtures: Tansu brokers (dc1, dc2) and the kafka-tee proxy, each started per
+test on free 127.0.0.1 ports and stopped by pid at teardown. Logs of every process a
+failed test started are attached to its report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+
+_PROCS = pytest.StashKey[list]()
+
+
+def _register(request, proc: harness.Proc) -> None:
+    request.node.stash.setdefault(_PROCS, []).append(proc)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for proc in item.stash.get(_PROCS, []):
+            report.sections.append((f"log of {proc.name} (pid {proc.popen.pid if proc.popen else '?'})",
+                                    proc.log_tail(200)))
+    return report
+
+
+@pytest.fixture
+def logdir(tmp_path: Path) -> Path:
+    d = tmp_path / "logs"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def tansu(request, logdir):
+    """Factory: tansu("dc1") starts a broker for that cluster id and returns a Broker."""
+    started: list[harness.Broker] = []
+
+    def start(name: str) -> harness.Broker:
+        b = harness.start_tansu(name, logdir)
+        _register(request, b.proc)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def dc1(tansu) -> harness.Broker:
+    return tansu("dc1")
+
+
+@pytest.fixture
+def dc2(tansu) -> harness.Broker:
+    return tansu("dc2")
+
+
+@pytest.fixture(scope="session")
+def kafka_tee_bin() -> Path:
+    path = harness.kafka_tee_bin()
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist: run `cargo build` first (or set KAFKA_TEE_BIN)",
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture
+def proxy(request, logdir, kafka_tee_bin):
+    """Factory: proxy(dc1.bootstrap, target=..., admin=True, state_dir=..., extra=[...])
+    starts kafka-tee and returns a harness.Proxy; stopped (SIGTERM, then SIGKILL) at
+    teardown."""
+    started: list[harness.Proxy] = []
+
+    def start(source: str, **kwargs) -> harness.Proxy:
+        kwargs.setdefault("name", f"kafka-tee-{len(started)}" if started else "kafka-tee")
+        p = harness.start_proxy(source, logdir, **kwargs)
+        _register(request, p.proc)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
