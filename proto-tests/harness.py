@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -625,14 +626,27 @@ def by_partition(records: Iterable[Rec]) -> dict[int, list[Rec]]:
     return out
 
 
+def _known_offsets(recs: Sequence[Rec]) -> bool:
+    return all(isinstance(r.offset, int) and r.offset >= 0 for r in recs)
+
+
 def assert_same_records(sent: Sequence[Rec], got: Sequence[Rec], what: str = "") -> None:
-    """Every acked record arrived exactly once, with key, value and headers intact, and
-    in acked-offset order within each partition."""
+    """Every sent record arrived exactly once, with key, value and headers intact, in
+    order within each partition. When `sent` carries acked offsets (acks != 0), the
+    order is offset order and the consumed offsets must be the acked ones; otherwise
+    (acks=0) the order is the order of `sent`."""
     sent_parts = by_partition(sent)
     got_parts = by_partition(got)
     problems = []
-    for p, recs in sorted(sent_parts.items()):
-        want = [r.content() for r in sorted(recs, key=lambda r: r.offset)]
+    for p, recs in sorted(sent_parts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        if _known_offsets(recs):
+            recs = sorted(recs, key=lambda r: r.offset)
+            want_offsets = [r.offset for r in recs]
+            have_offsets = [r.offset for r in got_parts.get(p, [])]
+            if want_offsets != have_offsets and len(want_offsets) == len(have_offsets):
+                problems.append(f"partition {p}: consumed offsets differ from acked ones: "
+                                f"acked {want_offsets[:10]}..., consumed {have_offsets[:10]}...")
+        want = [r.content() for r in recs]
         have = [r.content() for r in got_parts.get(p, [])]
         if want != have:
             missing = len(set(want) - set(have))
@@ -650,3 +664,112 @@ def assert_same_records(sent: Sequence[Rec], got: Sequence[Rec], what: str = "")
     for p in set(got_parts) - set(sent_parts):
         problems.append(f"partition {p}: {len(got_parts[p])} records nobody sent there")
     assert not problems, f"{what}:\n  " + "\n  ".join(problems)
+
+
+# ---------------------------------------------------------------- raw protocol bits
+
+
+def encode_request(api_key: int, api_version: int, correlation_id: int, body: bytes = b"",
+                   client_id: str = "proto-tests") -> bytes:
+    """A non-flexible (header v1) request frame: length, api key, version, correlation
+    id, client id, body."""
+    cid = client_id.encode()
+    payload = (struct.pack(">hhih", api_key, api_version, correlation_id, len(cid)) + cid
+               + body)
+    return struct.pack(">i", len(payload)) + payload
+
+
+def api_versions_v0(correlation_id: int) -> bytes:
+    return encode_request(18, 0, correlation_id)
+
+
+def metadata_v1_all_topics(correlation_id: int) -> bytes:
+    # Metadata v1: topics array, null (-1) = all topics
+    return encode_request(3, 1, correlation_id, struct.pack(">i", -1))
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"peer closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """Reads one response frame; returns (correlation id, rest of the body)."""
+    (length,) = struct.unpack(">i", recv_exact(sock, 4))
+    body = recv_exact(sock, length)
+    (corr,) = struct.unpack(">i", body[:4])
+    return corr, body[4:]
+
+
+def wait_closed(sock: socket.socket, timeout: float) -> bytes | None:
+    """Reads until the peer closes; returns what was read, or None if the socket was
+    still open after `timeout` seconds."""
+    sock.settimeout(0.2)
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return bytes(got)
+        if not chunk:
+            return bytes(got)
+        got += chunk
+    return None
+
+
+def tls_client_hello(server_name: str = "localhost") -> bytes:
+    """The bytes a TLS client sends first, made by Python's own TLS stack."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+# --------------------------------------------------------- who this process talks to
+
+
+def own_tcp_connections() -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """Established TCP connections owned by this process (any thread, so librdkafka's
+    too), as ((local ip, port), (remote ip, port))."""
+    inodes = set()
+    fd_dir = Path("/proc/self/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    out = []
+    for table in ("/proc/self/net/tcp",):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                local, remote, state, inode = cols[1], cols[2], cols[3], cols[9]
+                if state != "01" or inode not in inodes:
+                    continue
+                out.append((_hex_addr(local), _hex_addr(remote)))
+    return out
+
+
+def _hex_addr(s: str) -> tuple[str, int]:
+    ip_hex, port_hex = s.split(":")
+    ip = socket.inet_ntoa(struct.pack("<I", int(ip_hex, 16)))
+    return ip, int(port_hex, 16)
