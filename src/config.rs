@@ -1,0 +1,344 @@
+//! Configuration: the TOML file format, command-line overrides, defaults and
+//! validation that reports every problem at once.
+//!
+//! Every field is documented in `config/kafka-tee.toml`; a test parses every file under
+//! `config/` so the examples never drift from these types.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration, as read from a file and then overridden by flags.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub source: ClusterConfig,
+    /// Replication is off when `target.bootstrap` is empty.
+    pub target: ClusterConfig,
+    pub replication: ReplicationConfig,
+    pub admin: AdminConfig,
+    pub state: StateConfig,
+    pub tls: TlsConfig,
+}
+
+/// How clients reach the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Bootstrap listener, `HOST:PORT`.
+    pub listen: String,
+    /// Host name or IP put into rewritten broker addresses. Defaults to the listen host.
+    pub advertised_host: Option<String>,
+    /// First port of the per-broker listeners. Defaults to the listen port + 1.
+    pub first_broker_port: Option<u16>,
+    /// Explicit broker id -> proxy port assignments; they win over the sequential scheme.
+    pub broker_ports: BTreeMap<i32, u16>,
+    /// Largest request or response frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most client connections open at once; further connections are refused.
+    pub max_connections: usize,
+    /// Most requests awaiting a response on one client connection; reading from the
+    /// client pauses at this bound.
+    pub max_in_flight: usize,
+    /// Timeout for connecting to a DC1 broker, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// A client connection with no request and nothing in flight for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Grace period on SIGINT/SIGTERM for in-flight requests and the replicator, in ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9092".into(),
+            advertised_host: None,
+            first_broker_port: None,
+            broker_ports: BTreeMap::new(),
+            max_frame_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_in_flight: 512,
+            connect_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// A Kafka cluster the proxy talks to.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Bootstrap addresses, `HOST:PORT` each.
+    pub bootstrap: Vec<String>,
+}
+
+/// What the tee replicates and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Regular expressions; a topic is replicated when it matches one (empty: all).
+    pub include: Vec<String>,
+    /// Regular expressions; a matching topic is never replicated. Wins over include.
+    pub exclude: Vec<String>,
+    /// Prefix put before the topic name in DC2 (for example "dc1.").
+    pub topic_prefix: String,
+    /// Create missing DC2 topics with DC1's partition count and storage settings.
+    pub create_topics: bool,
+    /// Memory bound for batches waiting for DC2, in bytes. Past it, the replicator
+    /// reads the missing offsets back from DC1 instead of holding them.
+    pub max_pending_bytes: usize,
+    /// Produce requests in flight per DC2 partition (at most 5, the idempotence window).
+    pub max_in_flight_per_partition: usize,
+    /// Timeout of one request to DC2, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// First retry backoff towards DC2, doubled up to `retry_backoff_max_ms`.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// Topics (regular expressions) whose producers wait for DC2 before their response.
+    pub sync_topics: Vec<String>,
+    /// How often the checkpoint is written, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: vec!["^__".into()],
+            topic_prefix: String::new(),
+            create_topics: true,
+            max_pending_bytes: 256 * 1024 * 1024,
+            max_in_flight_per_partition: 5,
+            request_timeout_ms: 30_000,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 5_000,
+            sync_topics: Vec::new(),
+            checkpoint_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Admin HTTP endpoint (metrics, health).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `HOST:PORT`; no admin endpoint when unset.
+    pub listen: Option<String>,
+}
+
+/// Where durable state (checkpoints) lives.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory for checkpoints; without it replication state lives in memory only.
+    pub dir: Option<PathBuf>,
+}
+
+/// TLS on the client-facing listeners.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; TLS is on when cert and key are both set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A configuration error, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads and parses a TOML file (not yet validated).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text (not yet validated).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Whether the tee is on.
+    pub fn replication_enabled(&self) -> bool {
+        !self.target.bootstrap.is_empty()
+    }
+
+    /// Checks every field and reports all problems together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = parse_addr(&self.proxy.listen) {
+            problems.push(format!("proxy.listen: {e}"));
+        }
+        if self.source.bootstrap.is_empty() {
+            problems
+                .push("source.bootstrap: at least one DC1 address is required (--source)".into());
+        }
+        for (name, cluster) in [("source", &self.source), ("target", &self.target)] {
+            for a in &cluster.bootstrap {
+                if let Err(e) = check_host_port(a) {
+                    problems.push(format!("{name}.bootstrap: {e}"));
+                }
+            }
+        }
+        if let Some(a) = &self.admin.listen
+            && let Err(e) = parse_addr(a)
+        {
+            problems.push(format!("admin.listen: {e}"));
+        }
+        let p = &self.proxy;
+        if p.max_frame_bytes < 1024 {
+            problems.push(format!(
+                "proxy.max_frame_bytes: {} is too small (at least 1024)",
+                p.max_frame_bytes
+            ));
+        }
+        for (field, v) in [
+            ("proxy.max_connections", p.max_connections),
+            ("proxy.max_in_flight", p.max_in_flight),
+        ] {
+            if v == 0 {
+                problems.push(format!("{field}: must be at least 1"));
+            }
+        }
+        let r = &self.replication;
+        if !(1..=5).contains(&r.max_in_flight_per_partition) {
+            problems.push(format!(
+                "replication.max_in_flight_per_partition: {} is outside 1..=5",
+                r.max_in_flight_per_partition
+            ));
+        }
+        if r.max_pending_bytes < 1024 {
+            problems.push("replication.max_pending_bytes: must be at least 1024".into());
+        }
+        for (field, list) in [
+            ("replication.include", &r.include),
+            ("replication.exclude", &r.exclude),
+            ("replication.sync_topics", &r.sync_topics),
+        ] {
+            for pat in list {
+                if let Err(e) = regex::Regex::new(pat) {
+                    problems.push(format!("{field}: bad pattern {pat:?}: {e}"));
+                }
+            }
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) | (None, Some(_)) => {
+                problems.push("tls: cert and key must be given together".into())
+            }
+            _ => {}
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            problems.push("tls.client_ca: needs tls.cert and tls.key".into());
+        }
+        for (field, path) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                problems.push(format!(
+                    "{field}: {} is not a readable file",
+                    path.display()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.proxy.connect_timeout_ms)
+    }
+}
+
+/// Parses a listen address; only IP literals bind deterministically.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|e| format!("{s:?} is not an IP:PORT address ({e})"))
+}
+
+/// Checks a `HOST:PORT` upstream address without resolving it.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has an empty host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{s:?} has an invalid port {port:?}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_file_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("config dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = Config::from_file(&path).expect("parses");
+                cfg.validate().expect("validates");
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example config files found");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = Config::from_toml("[proxy]\nlisten_port = 1\n").unwrap_err();
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut cfg = Config::default();
+        cfg.proxy.listen = "nope".into();
+        cfg.replication.max_in_flight_per_partition = 9;
+        cfg.replication.include = vec!["(".into()];
+        let err = cfg.validate().unwrap_err().to_string();
+        for needle in [
+            "proxy.listen",
+            "source.bootstrap",
+            "max_in_flight_per_partition",
+            "replication.include",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Command line: parse flags, load and validate configuration, run the proxy or one of
+//! the tool subcommands. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use kafka_tee::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kafka-tee",
+    version,
+    about = "Kafka proxy that tees acknowledged produce batches to a second cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// TOML configuration file; flags override its fields.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Bootstrap listener for clients.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// DC1 bootstrap addresses, comma separated.
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
+    source: Vec<String>,
+    /// DC2 bootstrap addresses; replication is off without it.
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
+    target: Vec<String>,
+    /// Admin HTTP address (metrics, health).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
+    /// Directory for durable state (checkpoints).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Host name put in broker addresses handed to clients.
+    #[arg(long, value_name = "HOST")]
+    advertised_host: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or kafka_tee=debug.
+    #[arg(long, env = "KAFKA_TEE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compare DC1 and DC2 record by record and print what differs.
+    Verify(kafka_tee::verify::VerifyArgs),
+    /// Validate a configuration file and report every problem.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.run.log);
+    match cli.command {
+        Some(Command::CheckConfig { file }) => {
+            match Config::from_file(&file).and_then(|c| c.validate().map(|_| c)) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Verify(args)) => block_on(kafka_tee::verify::run(args)),
+        None => {
+            let config = match load_config(&cli.run) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kafka-tee: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            block_on(kafka_tee::server::run_until_signal(config))
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kafka-tee: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kafka-tee: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &RunArgs) -> Result<Config, kafka_tee::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(l) = &args.listen {
+        config.proxy.listen = l.clone();
+    }
+    if !args.source.is_empty() {
+        config.source.bootstrap = args.source.clone();
+    }
+    if !args.target.is_empty() {
+        config.target.bootstrap = args.target.clone();
+    }
+    if let Some(a) = &args.admin {
+        config.admin.listen = Some(a.clone());
+    }
+    if let Some(d) = &args.state_dir {
+        config.state.dir = Some(d.clone());
+    }
+    if let Some(h) = &args.advertised_host {
+        config.proxy.advertised_host = Some(h.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,404 @@
+//! One client connection: forwards its requests to one DC1 broker and the responses
+//! back, in order, rewriting the few responses that name brokers and feeding Produce
+//! traffic to the tee.
+//!
+//! Two halves run together. The request half reads a frame, records what the response
+//! will need in the in-flight FIFO (a bounded channel, so a client that pipelines more
+//! than `max_in_flight` requests is paused, not buffered), and forwards the frame. The
+//! response half takes the FIFO head, reads the matching response, checks its
+//! correlation id, processes it and writes it to the client. A Produce with acks=0 has
+//! no response and never enters the FIFO unless the tee turned it into acks=1.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, EndTxnRequest, EndTxnResponse, ProduceResponse};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::protocol::header::{DecodeError, guarded_decode, split_request, split_response};
+use crate::protocol::produce::{parse_produce_request, with_acks};
+use crate::protocol::{
+    FrameError, peek_request_header, peek_response_correlation_id, read_frame, write_frame,
+};
+use crate::proxy::rewrite::{self, AddressMap};
+use crate::proxy::{Router, Upstream};
+use crate::tee::capture::{Capture, Ticket};
+
+/// What every session shares.
+pub struct SessionContext {
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+    /// Present when the tee is on.
+    pub capture: Option<Arc<Capture>>,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a session ended early, and which side was at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client: {0}")]
+    Client(String),
+    #[error("client frame: {0}")]
+    ClientFrame(FrameError),
+    #[error("DC1 broker {addr}: {message}")]
+    Upstream { addr: String, message: String },
+    #[error("DC1 broker {addr} frame: {source}")]
+    UpstreamFrame { addr: String, source: FrameError },
+    #[error("cannot connect to DC1 ({0})")]
+    Connect(String),
+}
+
+impl SessionError {
+    /// A peer closing its socket is routine, not an error worth a warning.
+    pub fn is_routine(&self) -> bool {
+        matches!(
+            self,
+            SessionError::ClientFrame(FrameError::Closed)
+                | SessionError::UpstreamFrame {
+                    source: FrameError::Closed,
+                    ..
+                }
+        ) || matches!(self, SessionError::Client(m) if m.contains("connection reset") || m.contains("Broken pipe"))
+    }
+}
+
+/// What the response half must do with the answer to one request.
+enum Action {
+    Forward,
+    Produce(Option<Ticket>),
+    EndTxn { producer_id: i64, committed: bool },
+}
+
+struct InFlight {
+    correlation_id: i32,
+    key: Option<ApiKey>,
+    version: i16,
+    /// The client sent acks=0: the response is for the tee only.
+    swallow: bool,
+    action: Action,
+    started: Instant,
+}
+
+/// Serves one client connection until either side closes or shutdown.
+pub async fn run<S>(client: S, peer: SocketAddr, upstream: Upstream, ctx: Arc<SessionContext>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let result = serve(client, &upstream, &ctx).await;
+    match result {
+        Ok(()) => tracing::debug!(%peer, "session closed"),
+        Err(e) if e.is_routine() => tracing::debug!(%peer, "session closed: {e}"),
+        Err(e) => tracing::warn!(%peer, ?upstream, "session closed: {e}"),
+    }
+}
+
+async fn serve<S>(
+    client: S,
+    upstream: &Upstream,
+    ctx: &Arc<SessionContext>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (up, addr) = connect(upstream, ctx).await?;
+    let (ur, uw) = up.into_split();
+    let (cr, cw) = tokio::io::split(client);
+    let (tx, rx) = mpsc::channel(ctx.config.proxy.max_in_flight);
+    let requests = forward_requests(cr, BufWriter::with_capacity(64 * 1024, uw), tx, ctx, &addr);
+    let responses = forward_responses(ur, BufWriter::with_capacity(64 * 1024, cw), rx, ctx, &addr);
+    tokio::try_join!(requests, responses).map(|_| ())
+}
+
+async fn connect(
+    upstream: &Upstream,
+    ctx: &SessionContext,
+) -> Result<(TcpStream, String), SessionError> {
+    let candidates = match upstream {
+        Upstream::Bootstrap => ctx.config.source.bootstrap.clone(),
+        Upstream::Broker(id) => match ctx.router.upstream_of(*id) {
+            Some(a) => vec![a],
+            None => {
+                return Err(SessionError::Connect(format!(
+                    "broker {} is not known",
+                    id.0
+                )));
+            }
+        },
+    };
+    let timeout = ctx.config.connect_timeout();
+    let mut last = String::from("no address");
+    for addr in candidates {
+        match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok((s, addr));
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: timed out after {timeout:?}"),
+        }
+    }
+    Err(SessionError::Connect(last))
+}
+
+async fn forward_requests<R, W>(
+    mut client: R,
+    mut upstream: W,
+    fifo: mpsc::Sender<InFlight>,
+    ctx: &SessionContext,
+    addr: &str,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let max = ctx.config.proxy.max_frame_bytes;
+    let idle = Duration::from_millis(ctx.config.proxy.idle_timeout_ms);
+    let up_err = |e: std::io::Error| SessionError::Upstream {
+        addr: addr.to_owned(),
+        message: format!("write failed: {e}"),
+    };
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(idle, read_frame(&mut client, max)) => match r {
+                Err(_) if fifo.capacity() == fifo.max_capacity() => {
+                    return Err(SessionError::Client(format!("idle for {idle:?}, closing")));
+                }
+                Err(_) => continue,
+                Ok(Err(FrameError::Closed)) => return Ok(()),
+                Ok(Err(e)) => return Err(SessionError::ClientFrame(e)),
+                Ok(Ok(f)) => f,
+            },
+        };
+        let Some(peek) = peek_request_header(&frame) else {
+            return Err(SessionError::Client(format!(
+                "request of {} bytes is shorter than a header",
+                frame.len()
+            )));
+        };
+        let key = peek.key();
+        metrics::counter!("kafka_tee_requests_total", "api" => api_name(key)).increment(1);
+        metrics::counter!("kafka_tee_client_bytes_in_total").increment(frame.len() as u64 + 4);
+        let (frame, inflight) = classify(frame, peek.api_version, peek.correlation_id, key, ctx)?;
+        if let Some(entry) = inflight {
+            // Enqueued before the frame goes out, so the response half always finds it.
+            if fifo.send(entry).await.is_err() {
+                return Ok(());
+            }
+        }
+        write_frame(&mut upstream, &frame).await.map_err(up_err)?;
+        upstream.flush().await.map_err(up_err)?;
+    }
+}
+
+/// Decides what a request's response will need, and rewrites the request if the tee
+/// must see a response the client did not ask for.
+fn classify(
+    frame: Bytes,
+    version: i16,
+    correlation_id: i32,
+    key: Option<ApiKey>,
+    ctx: &SessionContext,
+) -> Result<(Bytes, Option<InFlight>), SessionError> {
+    let mut entry = InFlight {
+        correlation_id,
+        key,
+        version,
+        swallow: false,
+        action: Action::Forward,
+        started: Instant::now(),
+    };
+    match key {
+        Some(ApiKey::Produce) => {
+            let view = match parse_produce_request(&frame) {
+                Ok(v) => v,
+                // Without the tee an unreadable request is the broker's to judge; with
+                // it, forwarding would let DC1 keep data DC2 can never get.
+                Err(e) if ctx.capture.is_some() => {
+                    return Err(SessionError::Client(format!(
+                        "refusing Produce request: {e}"
+                    )));
+                }
+                Err(_) => return Ok((frame, Some(entry))),
+            };
+            let Some(capture) = &ctx.capture else {
+                return Ok((frame, (view.acks != 0).then_some(entry)));
+            };
+            let ticket = capture.on_request(&view);
+            let mut frame = frame;
+            if view.acks == 0 {
+                if ticket.is_none() {
+                    return Ok((frame, None));
+                }
+                // acks=0 data must reach DC2 too: ask DC1 for an ack and keep it.
+                frame = with_acks(&frame, view.acks_offset, 1)
+                    .ok_or_else(|| SessionError::Client("acks field out of range".into()))?;
+                entry.swallow = true;
+            }
+            entry.action = Action::Produce(ticket);
+            Ok((frame, Some(entry)))
+        }
+        Some(ApiKey::EndTxn) if ctx.capture.is_some() => {
+            let (_, mut body) = split_request(ApiKey::EndTxn, &frame).map_err(client_decode)?;
+            let req: EndTxnRequest =
+                guarded_decode(&mut body, version, "EndTxn request").map_err(client_decode)?;
+            entry.action = Action::EndTxn {
+                producer_id: req.producer_id.0,
+                committed: req.committed,
+            };
+            Ok((frame, Some(entry)))
+        }
+        _ => Ok((frame, Some(entry))),
+    }
+}
+
+fn client_decode(e: DecodeError) -> SessionError {
+    SessionError::Client(e.to_string())
+}
+
+async fn forward_responses<R, W>(
+    mut upstream: R,
+    mut client: W,
+    mut fifo: mpsc::Receiver<InFlight>,
+    ctx: &SessionContext,
+    addr: &str,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let max = ctx.config.proxy.max_frame_bytes;
+    let dc1 = |message: String| SessionError::Upstream {
+        addr: addr.to_owned(),
+        message,
+    };
+    while let Some(entry) = fifo.recv().await {
+        let frame =
+            read_frame(&mut upstream, max)
+                .await
+                .map_err(|source| SessionError::UpstreamFrame {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+        match peek_response_correlation_id(&frame) {
+            Some(id) if id == entry.correlation_id => {}
+            other => {
+                return Err(dc1(format!(
+                    "response correlation id {other:?} does not match the oldest request's {}",
+                    entry.correlation_id
+                )));
+            }
+        }
+        let (key, swallow, started) = (entry.key, entry.swallow, entry.started);
+        let frame = process_response(frame, entry, ctx).map_err(|e| dc1(e.to_string()))?;
+        metrics::histogram!("kafka_tee_request_duration_seconds", "api" => api_name(key))
+            .record(started.elapsed().as_secs_f64());
+        if swallow {
+            continue;
+        }
+        metrics::counter!("kafka_tee_client_bytes_out_total").increment(frame.len() as u64 + 4);
+        write_frame(&mut client, &frame)
+            .await
+            .map_err(|e| SessionError::Client(e.to_string()))?;
+        // Flush only when no further response is already owed and queued; this lets
+        // pipelined responses share a write.
+        if fifo.is_empty() {
+            client
+                .flush()
+                .await
+                .map_err(|e| SessionError::Client(e.to_string()))?;
+        }
+    }
+    client
+        .flush()
+        .await
+        .map_err(|e| SessionError::Client(e.to_string()))?;
+    Ok(())
+}
+
+/// Applies the rewrites and the tee's bookkeeping to one response frame.
+fn process_response(
+    frame: Bytes,
+    entry: InFlight,
+    ctx: &SessionContext,
+) -> Result<Bytes, DecodeError> {
+    let Some(key) = entry.key else {
+        return Ok(frame);
+    };
+    let map: &dyn AddressMap = ctx.router.as_ref();
+    let version = entry.version;
+    match entry.action {
+        Action::Forward => rewrite::rewrite_response(map, key, version, frame),
+        Action::EndTxn {
+            producer_id,
+            committed,
+        } => {
+            let resp: EndTxnResponse =
+                rewrite::decode_response(key, version, &frame, "EndTxn response")?;
+            if resp.error_code == 0
+                && let Some(capture) = &ctx.capture
+            {
+                capture.on_end_txn(producer_id, committed);
+            }
+            Ok(frame)
+        }
+        Action::Produce(None) => rewrite::rewrite_response(map, key, version, frame),
+        Action::Produce(Some(ticket)) => {
+            let (header, mut body) = split_response(key, version, &frame)?;
+            let mut resp: ProduceResponse = guarded_decode(&mut body, version, "Produce response")?;
+            ticket.complete(&resp);
+            if resp.node_endpoints.is_empty() {
+                return Ok(frame);
+            }
+            rewrite::rewrite_produce(map, &mut resp);
+            rewrite::encode(
+                &header,
+                key.response_header_version(version),
+                &resp,
+                version,
+                "Produce response",
+            )
+        }
+    }
+}
+
+fn api_name(key: Option<ApiKey>) -> &'static str {
+    match key {
+        Some(k) => api_key_name(k),
+        None => "unknown",
+    }
+}
+
+fn api_key_name(k: ApiKey) -> &'static str {
+    // Debug names are stable identifiers such as "Produce"; leak-free as a static str
+    // via a small table for the common keys, "other" for the rest.
+    match k {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        _ => "other",
+    }
+}

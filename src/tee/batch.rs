@@ -1,0 +1,572 @@
+//! Record batch header patching: producer id, epoch, base sequence, the transactional
+//! bit, and the CRC-32C over attributes..end. The records themselves are never touched.
+//!
+//! Only magic v2 batches exist here: every Produce version the proxy lets through
+//! (v3+) carries them. Input is untrusted, so every accessor works on a batch that was
+//! validated once by [`RecordBatch::parse`], and nothing in this file can panic on
+//! malformed bytes.
+
+use bytes::{Bytes, BytesMut};
+
+/// Size of the magic v2 batch header, up to and including `recordCount`.
+pub const HEADER_LEN: usize = 61;
+
+// Field offsets within the header.
+const BASE_OFFSET: usize = 0;
+const BATCH_LENGTH: usize = 8;
+const PARTITION_LEADER_EPOCH: usize = 12;
+const MAGIC: usize = 16;
+const CRC: usize = 17;
+const ATTRIBUTES: usize = 21;
+const LAST_OFFSET_DELTA: usize = 23;
+const BASE_TIMESTAMP: usize = 27;
+const MAX_TIMESTAMP: usize = 35;
+const PRODUCER_ID: usize = 43;
+const PRODUCER_EPOCH: usize = 51;
+const BASE_SEQUENCE: usize = 53;
+const RECORD_COUNT: usize = 57;
+/// `batchLength` counts the bytes after itself.
+const LENGTH_PREFIX: usize = 12;
+
+/// Bits of the `attributes` field.
+pub mod attr {
+    pub const COMPRESSION_MASK: i16 = 0x07;
+    pub const TIMESTAMP_TYPE: i16 = 0x08;
+    pub const TRANSACTIONAL: i16 = 0x10;
+    pub const CONTROL: i16 = 0x20;
+    pub const DELETE_HORIZON: i16 = 0x40;
+}
+
+/// Why bytes are not one valid magic v2 record batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("record batch of {len} bytes is shorter than the {HEADER_LEN}-byte header")]
+    TooShort { len: usize },
+    #[error("record batch magic is {0}, only magic 2 is supported")]
+    BadMagic(i8),
+    #[error("record batch length field says {declared} bytes, but {actual} follow it")]
+    LengthMismatch { declared: i32, actual: usize },
+    #[error("{0} bytes follow the record batch (more than one batch?)")]
+    TrailingBytes(usize),
+    #[error("record batch has a negative record count ({0})")]
+    NegativeRecordCount(i32),
+    #[error("record batch has a negative last offset delta ({0})")]
+    NegativeOffsetDelta(i32),
+    #[error(
+        "record batch CRC-32C mismatch: header says {stored:#010x}, bytes give {computed:#010x}"
+    )]
+    CrcMismatch { stored: u32, computed: u32 },
+}
+
+/// The header fields of a magic v2 record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+/// Exactly one validated magic v2 record batch. Cloning shares the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBatch {
+    bytes: Bytes,
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(a)
+}
+
+/// The length of the first batch in `b` as its header declares it, prefix included;
+/// `None` when fewer than 12 bytes are present.
+fn declared_len(b: &[u8]) -> Option<Result<usize, BatchError>> {
+    if b.len() < LENGTH_PREFIX {
+        return None;
+    }
+    let declared = be_i32(b, BATCH_LENGTH);
+    let min = (HEADER_LEN - LENGTH_PREFIX) as i32;
+    if declared < min {
+        return Some(Err(BatchError::LengthMismatch {
+            declared,
+            actual: b.len() - LENGTH_PREFIX,
+        }));
+    }
+    Some(Ok(LENGTH_PREFIX + declared as usize))
+}
+
+impl RecordBatch {
+    /// Validates that `bytes` hold exactly one magic v2 batch: header present, magic 2,
+    /// `batchLength` consistent with the bytes, no trailing bytes, non-negative counts.
+    /// The CRC is not checked here (see [`RecordBatch::verify_crc`]).
+    pub fn parse(bytes: Bytes) -> Result<Self, BatchError> {
+        let b = &bytes[..];
+        if b.len() < HEADER_LEN {
+            // Name the more useful problem when the magic is already visible.
+            if b.len() > MAGIC && b[MAGIC] as i8 != 2 {
+                return Err(BatchError::BadMagic(b[MAGIC] as i8));
+            }
+            return Err(BatchError::TooShort { len: b.len() });
+        }
+        if b[MAGIC] as i8 != 2 {
+            return Err(BatchError::BadMagic(b[MAGIC] as i8));
+        }
+        let total = match declared_len(b) {
+            Some(r) => r?,
+            None => return Err(BatchError::TooShort { len: b.len() }),
+        };
+        if total > b.len() {
+            return Err(BatchError::LengthMismatch {
+                declared: be_i32(b, BATCH_LENGTH),
+                actual: b.len() - LENGTH_PREFIX,
+            });
+        }
+        if total < b.len() {
+            return Err(BatchError::TrailingBytes(b.len() - total));
+        }
+        let count = be_i32(b, RECORD_COUNT);
+        if count < 0 {
+            return Err(BatchError::NegativeRecordCount(count));
+        }
+        let delta = be_i32(b, LAST_OFFSET_DELTA);
+        if delta < 0 {
+            return Err(BatchError::NegativeOffsetDelta(delta));
+        }
+        Ok(Self { bytes })
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// Size of the whole batch in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false: a valid batch has at least a header.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn header(&self) -> BatchHeader {
+        let b = &self.bytes[..];
+        BatchHeader {
+            base_offset: be_i64(b, BASE_OFFSET),
+            batch_length: be_i32(b, BATCH_LENGTH),
+            partition_leader_epoch: be_i32(b, PARTITION_LEADER_EPOCH),
+            magic: b[MAGIC] as i8,
+            crc: be_u32(b, CRC),
+            attributes: be_i16(b, ATTRIBUTES),
+            last_offset_delta: be_i32(b, LAST_OFFSET_DELTA),
+            base_timestamp: be_i64(b, BASE_TIMESTAMP),
+            max_timestamp: be_i64(b, MAX_TIMESTAMP),
+            producer_id: be_i64(b, PRODUCER_ID),
+            producer_epoch: be_i16(b, PRODUCER_EPOCH),
+            base_sequence: be_i32(b, BASE_SEQUENCE),
+            record_count: be_i32(b, RECORD_COUNT),
+        }
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        be_i64(&self.bytes, BASE_OFFSET)
+    }
+
+    /// Offset of the last record relative to the base offset.
+    pub fn last_offset_delta(&self) -> i32 {
+        be_i32(&self.bytes, LAST_OFFSET_DELTA)
+    }
+
+    pub fn record_count(&self) -> i32 {
+        be_i32(&self.bytes, RECORD_COUNT)
+    }
+
+    pub fn attributes(&self) -> i16 {
+        be_i16(&self.bytes, ATTRIBUTES)
+    }
+
+    pub fn producer_id(&self) -> i64 {
+        be_i64(&self.bytes, PRODUCER_ID)
+    }
+
+    pub fn base_sequence(&self) -> i32 {
+        be_i32(&self.bytes, BASE_SEQUENCE)
+    }
+
+    /// Compression codec id (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn compression(&self) -> i16 {
+        self.attributes() & attr::COMPRESSION_MASK
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & attr::TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes() & attr::CONTROL != 0
+    }
+
+    /// The CRC stored in the header.
+    pub fn stored_crc(&self) -> u32 {
+        be_u32(&self.bytes, CRC)
+    }
+
+    /// The CRC-32C of attributes..end, as the header should state it.
+    pub fn computed_crc(&self) -> u32 {
+        crc32c::crc32c(&self.bytes[ATTRIBUTES..])
+    }
+
+    pub fn verify_crc(&self) -> Result<(), BatchError> {
+        let (stored, computed) = (self.stored_crc(), self.computed_crc());
+        if stored == computed {
+            Ok(())
+        } else {
+            Err(BatchError::CrcMismatch { stored, computed })
+        }
+    }
+
+    /// A copy of this batch with the producer identity and sequence replaced (and the
+    /// transactional bit cleared on request), its CRC recomputed. The base offset and
+    /// partition leader epoch are reset to what a producer sends (0 and -1); the target
+    /// broker assigns both, and neither is covered by the CRC. The records section is
+    /// copied byte for byte.
+    pub fn patch(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+        clear_transactional: bool,
+    ) -> Bytes {
+        let mut buf = BytesMut::from(&self.bytes[..]);
+        buf[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0i64.to_be_bytes());
+        buf[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
+            .copy_from_slice(&(-1i32).to_be_bytes());
+        if clear_transactional {
+            let attrs = be_i16(&buf, ATTRIBUTES) & !attr::TRANSACTIONAL;
+            buf[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
+        }
+        buf[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+        buf[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
+        buf[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[ATTRIBUTES..]);
+        buf[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        buf.freeze()
+    }
+}
+
+/// Validates `records` as one batch and returns the patched copy
+/// (see [`RecordBatch::patch`]).
+pub fn patch(
+    records: &Bytes,
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    clear_transactional: bool,
+) -> Result<Bytes, BatchError> {
+    Ok(RecordBatch::parse(records.clone())?.patch(
+        producer_id,
+        epoch,
+        base_sequence,
+        clear_transactional,
+    ))
+}
+
+/// Splits a buffer of consecutive batches (a Fetch response's `records`) into batches,
+/// sharing the buffer. A partial batch at the end, which brokers may return when a
+/// response hits its size limit, ends the iteration without an error; use
+/// [`Batches::remaining`] to see whether one was left. A malformed batch yields one
+/// error and ends the iteration.
+#[derive(Debug, Clone)]
+pub struct Batches {
+    rest: Bytes,
+    failed: bool,
+}
+
+pub fn split_batches(bytes: Bytes) -> Batches {
+    Batches {
+        rest: bytes,
+        failed: false,
+    }
+}
+
+impl Batches {
+    /// Bytes not yet returned (a trailing partial batch once the iteration ended).
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let total = match declared_len(&self.rest)? {
+            Ok(t) => t,
+            Err(e) => {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        };
+        if self.rest.len() > MAGIC && self.rest[MAGIC] as i8 != 2 {
+            self.failed = true;
+            return Some(Err(BatchError::BadMagic(self.rest[MAGIC] as i8)));
+        }
+        if total > self.rest.len() {
+            return None;
+        }
+        let one = self.rest.split_to(total);
+        let parsed = RecordBatch::parse(one);
+        if parsed.is_err() {
+            self.failed = true;
+        }
+        Some(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indexmap::IndexMap;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
+    use proptest::prelude::*;
+
+    const CODECS: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    fn records(n: usize, transactional: bool) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                let mut headers = IndexMap::new();
+                headers.insert(
+                    StrBytes::from_static_str("h"),
+                    Some(Bytes::from(format!("hv{i}"))),
+                );
+                Record {
+                    transactional,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: 7,
+                    producer_id: 4242,
+                    producer_epoch: 3,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i as i64,
+                    sequence: 100 + i as i32,
+                    timestamp: 1_700_000_000_000 + i as i64,
+                    key: if i % 3 == 0 {
+                        None
+                    } else {
+                        Some(Bytes::from(format!("k{i}")))
+                    },
+                    value: Some(Bytes::from(format!("value number {i} ").repeat(5))),
+                    headers,
+                }
+            })
+            .collect()
+    }
+
+    fn encode(recs: &[Record], compression: Compression) -> Bytes {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .expect("encode");
+        buf.freeze()
+    }
+
+    #[test]
+    fn header_fields_are_read() {
+        let recs = records(4, true);
+        let batch = RecordBatch::parse(encode(&recs, Compression::Lz4)).expect("parse");
+        let h = batch.header();
+        assert_eq!(h.magic, 2);
+        assert_eq!(h.record_count, 4);
+        assert_eq!(h.last_offset_delta, 3);
+        assert_eq!(h.producer_id, 4242);
+        assert_eq!(h.producer_epoch, 3);
+        assert_eq!(h.base_sequence, 100);
+        assert_eq!(h.partition_leader_epoch, 7);
+        assert_eq!(h.batch_length as usize, batch.len() - 12);
+        assert_eq!(batch.compression(), Compression::Lz4 as i16);
+        assert!(batch.is_transactional());
+        assert!(!batch.is_control());
+        batch.verify_crc().expect("crc");
+    }
+
+    #[test]
+    fn patch_round_trips_for_every_codec() {
+        for codec in CODECS {
+            let recs = records(10, true);
+            let original = encode(&recs, codec);
+            let patched = patch(&original, 77, 2, 555, true).expect("patch");
+            assert_eq!(patched.len(), original.len());
+            // The records section is untouched.
+            assert_eq!(&patched[HEADER_LEN..], &original[HEADER_LEN..], "{codec:?}");
+
+            let batch = RecordBatch::parse(patched.clone()).expect("parse patched");
+            batch.verify_crc().expect("crc of patched batch");
+            let h = batch.header();
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (77, 2, 555)
+            );
+            assert!(!batch.is_transactional());
+            assert_eq!(h.record_count, 10);
+
+            let mut buf = patched.clone();
+            let set = RecordBatchDecoder::decode(&mut buf).expect("decode patched");
+            assert_eq!(set.compression, codec);
+            assert_eq!(set.records.len(), recs.len());
+            for (got, want) in set.records.iter().zip(&recs) {
+                assert_eq!(got.key, want.key);
+                assert_eq!(got.value, want.value);
+                assert_eq!(got.headers, want.headers);
+                assert_eq!(got.timestamp, want.timestamp);
+                assert_eq!(got.offset, want.offset);
+                assert_eq!(got.producer_id, 77);
+                assert_eq!(got.sequence, 555 + want.offset as i32);
+                assert!(!got.transactional);
+            }
+        }
+    }
+
+    #[test]
+    fn patch_keeps_transactional_bit_unless_asked() {
+        let original = encode(&records(2, true), Compression::None);
+        let patched = patch(&original, 1, 0, 0, false).expect("patch");
+        let batch = RecordBatch::parse(patched).expect("parse");
+        assert!(batch.is_transactional());
+        batch.verify_crc().expect("crc");
+    }
+
+    #[test]
+    fn crc_mismatch_is_detected() {
+        let original = encode(&records(3, false), Compression::None);
+        let mut bad = BytesMut::from(&original[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let batch = RecordBatch::parse(bad.freeze()).expect("parse does not check crc");
+        assert!(matches!(
+            batch.verify_crc(),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        let good = encode(&records(3, false), Compression::Gzip);
+        assert!(matches!(
+            RecordBatch::parse(good.slice(..20)),
+            Err(BatchError::TooShort { len: 20 })
+        ));
+        assert!(matches!(
+            RecordBatch::parse(good.slice(..good.len() - 1)),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+        let mut two = BytesMut::from(&good[..]);
+        two.extend_from_slice(&good);
+        assert!(matches!(
+            RecordBatch::parse(two.freeze()),
+            Err(BatchError::TrailingBytes(n)) if n == good.len()
+        ));
+        let mut magic1 = BytesMut::from(&good[..]);
+        magic1[MAGIC] = 1;
+        assert!(matches!(
+            RecordBatch::parse(magic1.freeze()),
+            Err(BatchError::BadMagic(1))
+        ));
+        let mut neg = BytesMut::from(&good[..]);
+        neg[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        assert!(matches!(
+            RecordBatch::parse(neg.freeze()),
+            Err(BatchError::NegativeRecordCount(-1))
+        ));
+        assert!(patch(&Bytes::from_static(b"garbage"), 1, 1, 1, true).is_err());
+    }
+
+    #[test]
+    fn split_batches_stops_at_a_partial_batch() {
+        let a = encode(&records(2, false), Compression::None);
+        let b = encode(&records(5, false), Compression::Snappy);
+        let mut all = BytesMut::new();
+        all.extend_from_slice(&a);
+        all.extend_from_slice(&b);
+        all.extend_from_slice(&a[..30]);
+        let mut it = split_batches(all.freeze());
+        assert_eq!(it.next().expect("a").expect("valid").record_count(), 2);
+        assert_eq!(it.next().expect("b").expect("valid").record_count(), 5);
+        assert!(it.next().is_none());
+        assert_eq!(it.remaining(), 30);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let bytes = Bytes::from(data);
+            if let Ok(b) = RecordBatch::parse(bytes.clone()) {
+                let _ = b.header();
+                let _ = b.verify_crc();
+                let _ = b.patch(1, 1, 1, true);
+            }
+            for item in split_batches(bytes) {
+                let _ = item.map(|b| b.header());
+            }
+        }
+
+        #[test]
+        fn truncated_batch_is_an_error(cut in 0usize..400) {
+            let good = encode(&records(4, false), Compression::None);
+            let cut = cut % good.len();
+            prop_assert!(RecordBatch::parse(good.slice(..cut)).is_err());
+            prop_assert!(split_batches(good.slice(..cut)).all(|r| r.is_err()));
+        }
+
+        #[test]
+        fn patch_sets_any_identity(pid in any::<i64>(), epoch in any::<i16>(), seq in any::<i32>()) {
+            let good = encode(&records(2, true), Compression::Zstd);
+            let patched = RecordBatch::parse(patch(&good, pid, epoch, seq, true).expect("patch")).expect("parse");
+            prop_assert!(patched.verify_crc().is_ok());
+            let h = patched.header();
+            prop_assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (pid, epoch, seq));
+        }
+    }
+}

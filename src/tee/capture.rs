@@ -1,0 +1,348 @@
+//! Capture: from a forwarded Produce request and DC1's response to acked batches,
+//! released to the replicator in DC1 offset order per partition.
+//!
+//! Ordering without waiting on offsets: responses of different client connections can
+//! arrive in any order, but a DC1 broker assigns offsets in the order it appends. When a
+//! response for partition P arrives, every request to P that the proxy forwards later
+//! gets a higher offset; only requests already in flight at that moment can get a lower
+//! one. So an acked batch is released once every request to P that was in flight when
+//! its response arrived has completed, and held batches go out lowest offset first.
+//! Offsets used by producers that bypass the proxy, or by transaction markers, never
+//! stall anything.
+//!
+//! Transactions: a transactional batch blocks its partition (like Kafka's last stable
+//! offset) until the producer's EndTxn is acknowledged: commit releases it as a plain
+//! batch, abort drops it. A transaction that is never ended is turned into a gap after
+//! `txn_timeout`, so the replicator reads the outcome back from DC1 (read_committed).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use kafka_protocol::messages::ProduceResponse;
+
+use crate::protocol::produce::ProduceRequestView;
+use crate::tee::{Budget, Pending, TopicPartition};
+
+/// Where released items go (the replicator, or a test's collector).
+pub trait Sink: Send + Sync {
+    fn push(&self, tp: TopicPartition, item: Pending);
+    /// Whether a DC1 topic is replicated at all.
+    fn wants(&self, topic: &str) -> bool;
+}
+
+/// Offsets of the batch header fields the capture reads.
+const LAST_OFFSET_DELTA: usize = 23;
+const ATTRIBUTES: usize = 21;
+const PRODUCER_ID: usize = 43;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+
+/// What the capture needs from a record batch header, read without trusting it.
+#[derive(Debug, Clone, Copy)]
+struct BatchFacts {
+    last_offset_delta: i64,
+    transactional: bool,
+    producer_id: i64,
+}
+
+fn batch_facts(records: &[u8]) -> Option<BatchFacts> {
+    let read = |at: usize, n: usize| records.get(at..at + n);
+    let delta = i32::from_be_bytes(read(LAST_OFFSET_DELTA, 4)?.try_into().ok()?);
+    let attrs = i16::from_be_bytes(read(ATTRIBUTES, 2)?.try_into().ok()?);
+    let pid = i64::from_be_bytes(read(PRODUCER_ID, 8)?.try_into().ok()?);
+    if records.get(16) != Some(&2) || delta < 0 {
+        return None;
+    }
+    Some(BatchFacts {
+        last_offset_delta: i64::from(delta),
+        transactional: attrs & TRANSACTIONAL_BIT != 0,
+        producer_id: pid,
+    })
+}
+
+struct Held {
+    /// `next_request` of the partition when the response arrived.
+    barrier: u64,
+    /// `Some(pid)` while the batch waits for its transaction's outcome.
+    txn: Option<i64>,
+    item: Pending,
+    reserved: usize,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct PartitionOrder {
+    next_request: u64,
+    outstanding: BTreeSet<u64>,
+    held: BTreeMap<i64, Held>,
+}
+
+/// One partition of a forwarded request, waiting for DC1's answer.
+struct TicketEntry {
+    tp: TopicPartition,
+    request: u64,
+    facts: Option<BatchFacts>,
+    /// The batch bytes, when the budget had room for them.
+    records: Option<Bytes>,
+    reserved: usize,
+}
+
+/// A forwarded Produce request's claim on its partitions' ordering. Dropping it without
+/// `complete` (connection lost) releases the claim.
+pub struct Ticket {
+    capture: Arc<Capture>,
+    entries: Vec<TicketEntry>,
+}
+
+pub struct Capture {
+    sink: Arc<dyn Sink>,
+    budget: Arc<Budget>,
+    partitions: DashMap<TopicPartition, Mutex<PartitionOrder>>,
+    /// Producer id -> partitions holding its undecided transactional batches.
+    txns: Mutex<HashMap<i64, HashSet<TopicPartition>>>,
+    txn_timeout: Duration,
+}
+
+impl Capture {
+    pub fn new(sink: Arc<dyn Sink>, budget: Arc<Budget>, txn_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            sink,
+            budget,
+            partitions: DashMap::new(),
+            txns: Mutex::new(HashMap::new()),
+            txn_timeout,
+        })
+    }
+
+    /// Registers a Produce request about to be forwarded to DC1.
+    pub fn on_request(self: &Arc<Self>, req: &ProduceRequestView) -> Option<Ticket> {
+        let mut entries = Vec::new();
+        for topic in &req.topics {
+            if !self.sink.wants(&topic.name) {
+                continue;
+            }
+            let name: Arc<str> = Arc::from(topic.name.as_str());
+            for (partition, records) in &topic.partitions {
+                let tp = TopicPartition {
+                    topic: name.clone(),
+                    partition: *partition,
+                };
+                let facts = records.as_deref().and_then(batch_facts);
+                let len = records.as_ref().map_or(0, |r| r.len());
+                let (records, reserved) = match records {
+                    Some(r) if self.budget.try_reserve(len) => (Some(r.clone()), len),
+                    _ => (None, 0),
+                };
+                let request = {
+                    let slot = self.partitions.entry(tp.clone()).or_default();
+                    let mut order = lock(&slot);
+                    let n = order.next_request;
+                    order.next_request += 1;
+                    order.outstanding.insert(n);
+                    n
+                };
+                entries.push(TicketEntry {
+                    tp,
+                    request,
+                    facts,
+                    records,
+                    reserved,
+                });
+            }
+        }
+        if entries.is_empty() {
+            None
+        } else {
+            Some(Ticket {
+                capture: self.clone(),
+                entries,
+            })
+        }
+    }
+
+    /// A DC1 EndTxn for `producer_id` was acknowledged.
+    pub fn on_end_txn(&self, producer_id: i64, committed: bool) {
+        let parts = lock(&self.txns).remove(&producer_id).unwrap_or_default();
+        for tp in parts {
+            self.with_partition(&tp, |order| {
+                order.held.retain(|_, h| {
+                    if h.txn != Some(producer_id) {
+                        return true;
+                    }
+                    if committed {
+                        h.txn = None;
+                        true
+                    } else {
+                        self.budget.release(h.reserved);
+                        false
+                    }
+                });
+            });
+        }
+    }
+
+    /// Turns transactional batches held longer than the timeout into gaps, so the
+    /// replicator reads the transaction's outcome back from DC1.
+    pub fn expire_transactions(&self) {
+        let now = Instant::now();
+        let pids: Vec<i64> = lock(&self.txns).keys().copied().collect();
+        for pid in pids {
+            let parts = lock(&self.txns).get(&pid).cloned().unwrap_or_default();
+            let mut still_waiting = false;
+            for tp in &parts {
+                self.with_partition(tp, |order| {
+                    for (&base, h) in order.held.iter_mut() {
+                        if h.txn != Some(pid) {
+                            continue;
+                        }
+                        if now.duration_since(h.since) < self.txn_timeout {
+                            still_waiting = true;
+                            continue;
+                        }
+                        let to = match &h.item {
+                            Pending::Batch { records, .. } => batch_facts(records)
+                                .map_or(base, |f| base + f.last_offset_delta),
+                            Pending::Gap { to, .. } => *to,
+                        };
+                        tracing::warn!(partition = %tp, producer_id = pid, "transaction not ended in time; reading its outcome back from DC1");
+                        self.budget.release(h.reserved);
+                        h.reserved = 0;
+                        h.txn = None;
+                        h.item = Pending::Gap { from: base, to };
+                    }
+                });
+            }
+            if !still_waiting {
+                lock(&self.txns).remove(&pid);
+            }
+        }
+    }
+
+    /// Bytes and batches held for ordering or transactions (for metrics and tests).
+    pub fn held_batches(&self) -> usize {
+        self.partitions
+            .iter()
+            .map(|e| lock(e.value()).held.len())
+            .sum()
+    }
+
+    fn with_partition(&self, tp: &TopicPartition, f: impl FnOnce(&mut PartitionOrder)) {
+        if let Some(slot) = self.partitions.get(tp) {
+            let mut order = lock(&slot);
+            f(&mut order);
+            self.release(tp, &mut order);
+        }
+    }
+
+    /// Hands over every held batch that can no longer be preceded by another.
+    fn release(&self, tp: &TopicPartition, order: &mut PartitionOrder) {
+        let oldest = order.outstanding.first().copied().unwrap_or(u64::MAX);
+        while let Some(entry) = order.held.first_entry() {
+            let h = entry.get();
+            if h.barrier > oldest || h.txn.is_some() {
+                break;
+            }
+            let h = entry.remove();
+            self.sink.push(tp.clone(), h.item);
+        }
+    }
+
+    fn finish(&self, entry: TicketEntry, ack: Option<i64>) {
+        let Some(slot) = self.partitions.get(&entry.tp) else {
+            return;
+        };
+        let mut order = lock(&slot);
+        order.outstanding.remove(&entry.request);
+        match (ack, entry.facts) {
+            (Some(base), Some(facts)) => {
+                let txn = facts.transactional.then_some(facts.producer_id);
+                if let Some(pid) = txn {
+                    lock(&self.txns)
+                        .entry(pid)
+                        .or_default()
+                        .insert(entry.tp.clone());
+                }
+                let item = match entry.records {
+                    Some(records) => Pending::Batch {
+                        base_offset: base,
+                        records,
+                    },
+                    None => Pending::Gap {
+                        from: base,
+                        to: base + facts.last_offset_delta,
+                    },
+                };
+                let barrier = order.next_request;
+                order.held.insert(
+                    base,
+                    Held {
+                        barrier,
+                        txn,
+                        item,
+                        reserved: entry.reserved,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            (Some(base), None) => {
+                // DC1 accepted bytes the proxy could not read as a v2 batch: never
+                // happens with a real broker, but if it does, the offsets are read back.
+                tracing::error!(partition = %entry.tp, base, "acked batch has an unreadable header");
+                self.budget.release(entry.reserved);
+                let barrier = order.next_request;
+                order.held.insert(
+                    base,
+                    Held {
+                        barrier,
+                        txn: None,
+                        item: Pending::Gap {
+                            from: base,
+                            to: base,
+                        },
+                        reserved: 0,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            (None, _) => self.budget.release(entry.reserved),
+        }
+        self.release(&entry.tp, &mut order);
+    }
+}
+
+impl Ticket {
+    /// Applies DC1's response: partitions acked with error 0 become batches.
+    pub fn complete(mut self, resp: &ProduceResponse) {
+        let entries = std::mem::take(&mut self.entries);
+        for entry in entries {
+            let ack = resp
+                .responses
+                .iter()
+                .find(|t| t.name.0.as_str() == &*entry.tp.topic)
+                .and_then(|t| {
+                    t.partition_responses
+                        .iter()
+                        .find(|p| p.index == entry.tp.partition)
+                })
+                .filter(|p| p.error_code == 0 && p.base_offset >= 0)
+                .map(|p| p.base_offset);
+            self.capture.finish(entry, ack);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        for entry in std::mem::take(&mut self.entries) {
+            tracing::warn!(partition = %entry.tp, "produce request ended without a DC1 response; if DC1 appended it, it is not copied until a later catch-up");
+            metrics::counter!("kafka_tee_produce_unconfirmed_total").increment(1);
+            self.capture.finish(entry, None);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
