@@ -72,8 +72,14 @@ pub fn rewrite_metadata(map: &dyn AddressMap, r: &mut MetadataResponse) {
     );
 }
 
-pub fn rewrite_find_coordinator(map: &dyn AddressMap, r: &mut FindCoordinatorResponse) {
-    if r.error_code == 0 {
+pub fn rewrite_find_coordinator(
+    map: &dyn AddressMap,
+    r: &mut FindCoordinatorResponse,
+    version: i16,
+) {
+    // v0-3 answer for one key at the top level; v4+ only in `coordinators`, and the
+    // top-level fields must keep their defaults there.
+    if version < 4 && r.error_code == 0 {
         remap(
             map,
             std::iter::once((r.node_id.0, &mut r.host, &mut r.port)),
@@ -167,7 +173,7 @@ pub fn rewrite_response(
         ApiKey::FindCoordinator => apply!(
             FindCoordinatorResponse,
             "FindCoordinator response",
-            |m: &mut FindCoordinatorResponse| rewrite_find_coordinator(map, m)
+            |m: &mut FindCoordinatorResponse| rewrite_find_coordinator(map, m, version)
         ),
         ApiKey::DescribeCluster => apply!(
             DescribeClusterResponse,
@@ -224,4 +230,237 @@ pub fn decode_response<T: Decodable>(
 ) -> Result<T, DecodeError> {
     let (_, mut body) = split_response(key, version, frame)?;
     guarded_decode(&mut body, version, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+    use kafka_protocol::messages::find_coordinator_response::Coordinator;
+    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+    use kafka_protocol::messages::produce_response::NodeEndpoint;
+    use kafka_protocol::messages::{BrokerId, ResponseHeader};
+    use kafka_protocol::protocol::Message;
+
+    /// Broker id n is served at proxy port 9000 + n.
+    struct Fixed;
+    impl AddressMap for Fixed {
+        fn advertised_host(&self) -> &str {
+            "proxy.local"
+        }
+        fn proxy_ports(&self, brokers: &mut [(i32, String)]) -> Vec<(i32, Option<u16>)> {
+            brokers
+                .iter()
+                .map(|(id, _)| (*id, Some(9000 + *id as u16)))
+                .collect()
+        }
+    }
+
+    fn frame<T: Encodable>(key: ApiKey, version: i16, msg: &T) -> Bytes {
+        let header = ResponseHeader::default().with_correlation_id(5);
+        encode(
+            &header,
+            key.response_header_version(version),
+            msg,
+            version,
+            "test",
+        )
+        .expect("encode")
+    }
+
+    fn round_trip<T: Encodable + Decodable>(key: ApiKey, version: i16, msg: &T) -> T {
+        let out =
+            rewrite_response(&Fixed, key, version, frame(key, version, msg)).expect("rewrite");
+        assert_eq!(crate::protocol::peek_response_correlation_id(&out), Some(5));
+        decode_response(key, version, &out, "test").expect("decode")
+    }
+
+    #[test]
+    fn metadata_every_version() {
+        for v in MetadataResponse::VERSIONS.min..=MetadataResponse::VERSIONS.max {
+            let msg = MetadataResponse::default()
+                .with_controller_id(BrokerId(2))
+                .with_brokers(vec![
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host("dc1-a".into())
+                        .with_port(9092),
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(2))
+                        .with_host("dc1-b".into())
+                        .with_port(9093),
+                ]);
+            let out = round_trip(ApiKey::Metadata, v, &msg);
+            let got: Vec<(i32, &str, i32)> = out
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, b.host.as_str(), b.port))
+                .collect();
+            assert_eq!(
+                got,
+                vec![(1, "proxy.local", 9001), (2, "proxy.local", 9002)],
+                "v{v}"
+            );
+            if v >= 1 {
+                assert_eq!(out.controller_id, BrokerId(2), "v{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn find_coordinator_single_and_batched() {
+        for v in FindCoordinatorResponse::VERSIONS.min..=FindCoordinatorResponse::VERSIONS.max {
+            let msg = if v < 4 {
+                FindCoordinatorResponse::default()
+                    .with_node_id(BrokerId(3))
+                    .with_host("dc1-c".into())
+                    .with_port(9094)
+            } else {
+                FindCoordinatorResponse::default().with_coordinators(vec![
+                    Coordinator::default()
+                        .with_key("g1".into())
+                        .with_node_id(BrokerId(3))
+                        .with_host("dc1-c".into())
+                        .with_port(9094),
+                    Coordinator::default()
+                        .with_key("g2".into())
+                        .with_error_code(15)
+                        .with_node_id(BrokerId(-1))
+                        .with_host("".into())
+                        .with_port(-1),
+                ])
+            };
+            let out = round_trip(ApiKey::FindCoordinator, v, &msg);
+            if v < 4 {
+                assert_eq!((out.host.as_str(), out.port), ("proxy.local", 9003), "v{v}");
+            } else {
+                assert_eq!(out.coordinators.len(), 2);
+                assert_eq!(
+                    (out.coordinators[0].host.as_str(), out.coordinators[0].port),
+                    ("proxy.local", 9003)
+                );
+                // A coordinator that is not available keeps its error and empty address.
+                assert_eq!(
+                    (out.coordinators[1].error_code, out.coordinators[1].port),
+                    (15, -1)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn describe_cluster_every_version() {
+        for v in DescribeClusterResponse::VERSIONS.min..=DescribeClusterResponse::VERSIONS.max {
+            let msg = DescribeClusterResponse::default().with_brokers(vec![
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(4))
+                    .with_host("dc1-d".into())
+                    .with_port(1),
+            ]);
+            let out = round_trip(ApiKey::DescribeCluster, v, &msg);
+            assert_eq!(
+                (out.brokers[0].host.as_str(), out.brokers[0].port),
+                ("proxy.local", 9004),
+                "v{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn produce_node_endpoints() {
+        for v in 10..=12 {
+            let msg = ProduceResponse::default().with_node_endpoints(vec![
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(2))
+                    .with_host("dc1-b".into())
+                    .with_port(9093),
+            ]);
+            let out = round_trip(ApiKey::Produce, v, &msg);
+            assert_eq!(
+                (
+                    out.node_endpoints[0].host.as_str(),
+                    out.node_endpoints[0].port
+                ),
+                ("proxy.local", 9002)
+            );
+        }
+        // Below v10 the frame is passed through untouched, not even decoded.
+        let f = Bytes::from_static(b"\0\0\0\x05garbage");
+        assert_eq!(
+            rewrite_response(&Fixed, ApiKey::Produce, 9, f.clone()).expect("pass"),
+            f
+        );
+    }
+
+    #[test]
+    fn api_versions_are_capped() {
+        for v in 0..=4 {
+            let msg = ApiVersionsResponse::default().with_api_keys(vec![
+                ApiVersion::default()
+                    .with_api_key(0)
+                    .with_min_version(0)
+                    .with_max_version(13),
+                ApiVersion::default()
+                    .with_api_key(1)
+                    .with_min_version(0)
+                    .with_max_version(17),
+                ApiVersion::default()
+                    .with_api_key(17)
+                    .with_min_version(0)
+                    .with_max_version(1),
+                ApiVersion::default()
+                    .with_api_key(32)
+                    .with_min_version(0)
+                    .with_max_version(4),
+                ApiVersion::default()
+                    .with_api_key(999)
+                    .with_min_version(0)
+                    .with_max_version(3),
+            ]);
+            let key = ApiKey::ApiVersions;
+            let f = frame(key, v, &msg);
+            let out = rewrite_response(&Fixed, key, v, f).expect("rewrite");
+            let got: ApiVersionsResponse = decode_response(key, v, &out, "t").expect("decode");
+            let ranges: Vec<(i16, i16, i16)> = got
+                .api_keys
+                .iter()
+                .map(|k| (k.api_key, k.min_version, k.max_version))
+                .collect();
+            assert_eq!(
+                ranges,
+                vec![(0, 3, 12), (1, 4, 15), (17, 1, 1), (32, 0, 4), (999, 0, 3)],
+                "v{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_versions_error_passes_through() {
+        let msg = ApiVersionsResponse::default().with_error_code(35);
+        let f = frame(ApiKey::ApiVersions, 0, &msg);
+        assert_eq!(
+            rewrite_response(&Fixed, ApiKey::ApiVersions, 3, f.clone()).expect("pass"),
+            f
+        );
+    }
+
+    #[test]
+    fn truncated_responses_are_errors_not_panics() {
+        let msg = MetadataResponse::default().with_brokers(vec![
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(1))
+                .with_host("h".into())
+                .with_port(1),
+        ]);
+        for v in [0, 9, 12] {
+            let f = frame(ApiKey::Metadata, v, &msg);
+            for cut in 0..f.len() {
+                assert!(
+                    rewrite_response(&Fixed, ApiKey::Metadata, v, f.slice(..cut)).is_err(),
+                    "v{v} cut {cut}"
+                );
+            }
+        }
+    }
 }

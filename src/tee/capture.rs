@@ -346,3 +346,207 @@ impl Drop for Ticket {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::produce::TopicData;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::produce_response::{
+        PartitionProduceResponse, TopicProduceResponse,
+    };
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(TopicPartition, Pending)>>);
+    impl Sink for Collect {
+        fn push(&self, tp: TopicPartition, item: Pending) {
+            lock(&self.0).push((tp, item));
+        }
+        fn wants(&self, topic: &str) -> bool {
+            !topic.starts_with("__")
+        }
+    }
+
+    /// A 61-byte v2 batch header (plus `extra` payload bytes) with the given fields.
+    fn batch(delta: i32, pid: i64, txn: bool, extra: usize) -> Bytes {
+        let mut b = vec![0u8; 61 + extra];
+        b[16] = 2;
+        b[21..23].copy_from_slice(&(if txn { TRANSACTIONAL_BIT } else { 0 }).to_be_bytes());
+        b[23..27].copy_from_slice(&delta.to_be_bytes());
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    fn request(topic: &str, partition: i32, records: Bytes) -> ProduceRequestView {
+        ProduceRequestView {
+            transactional_id: None,
+            acks: -1,
+            acks_offset: 0,
+            topics: vec![TopicData {
+                name: topic.into(),
+                partitions: vec![(partition, Some(records))],
+            }],
+        }
+    }
+
+    fn response(topic: &str, partition: i32, error: i16, base: i64) -> ProduceResponse {
+        ProduceResponse::default().with_responses(vec![
+            TopicProduceResponse::default()
+                .with_name(TopicName(topic.to_string().into()))
+                .with_partition_responses(vec![
+                    PartitionProduceResponse::default()
+                        .with_index(partition)
+                        .with_error_code(error)
+                        .with_base_offset(base),
+                ]),
+        ])
+    }
+
+    fn setup(budget: usize) -> (Arc<Collect>, Arc<Capture>, Arc<Budget>) {
+        let sink = Arc::new(Collect::default());
+        let budget = Arc::new(Budget::new(budget));
+        let cap = Capture::new(sink.clone(), budget.clone(), Duration::from_secs(60));
+        (sink, cap, budget)
+    }
+
+    fn offsets(sink: &Collect) -> Vec<(i64, bool)> {
+        lock(&sink.0)
+            .iter()
+            .map(|(_, p)| match p {
+                Pending::Batch { base_offset, .. } => (*base_offset, true),
+                Pending::Gap { from, .. } => (*from, false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn out_of_order_responses_are_released_in_offset_order() {
+        let (sink, cap, _) = setup(1 << 20);
+        let t1 = cap
+            .on_request(&request("t", 0, batch(1, -1, false, 0)))
+            .expect("ticket");
+        let t2 = cap
+            .on_request(&request("t", 0, batch(2, -1, false, 0)))
+            .expect("ticket");
+        // The second request's answer (offset 2) arrives first: held behind request 1.
+        t2.complete(&response("t", 0, 0, 2));
+        assert!(offsets(&sink).is_empty());
+        t1.complete(&response("t", 0, 0, 0));
+        assert_eq!(offsets(&sink), vec![(0, true), (2, true)]);
+        assert_eq!(cap.held_batches(), 0);
+    }
+
+    #[test]
+    fn later_requests_do_not_hold_back_earlier_acks() {
+        let (sink, cap, _) = setup(1 << 20);
+        let t1 = cap
+            .on_request(&request("t", 0, batch(0, -1, false, 0)))
+            .expect("ticket");
+        t1.complete(&response("t", 0, 0, 7));
+        // A request forwarded after the ack cannot get a lower offset.
+        let _t2 = cap
+            .on_request(&request("t", 0, batch(0, -1, false, 0)))
+            .expect("ticket");
+        assert_eq!(offsets(&sink), vec![(7, true)]);
+    }
+
+    #[test]
+    fn failed_and_dropped_requests_release_their_claim() {
+        let (sink, cap, budget) = setup(1 << 20);
+        let t1 = cap
+            .on_request(&request("t", 0, batch(0, -1, false, 10)))
+            .expect("ticket");
+        let t2 = cap
+            .on_request(&request("t", 0, batch(0, -1, false, 10)))
+            .expect("ticket");
+        let t3 = cap
+            .on_request(&request("t", 0, batch(0, -1, false, 10)))
+            .expect("ticket");
+        t3.complete(&response("t", 0, 0, 5));
+        t1.complete(&response("t", 0, 6, -1)); // NOT_LEADER: nothing to copy
+        assert!(offsets(&sink).is_empty());
+        drop(t2); // connection lost
+        assert_eq!(offsets(&sink), vec![(5, true)]);
+        assert_eq!(
+            budget.used(),
+            71,
+            "only the released batch still holds budget"
+        );
+    }
+
+    #[test]
+    fn over_budget_batches_become_gaps() {
+        let (sink, cap, budget) = setup(100);
+        let t1 = cap
+            .on_request(&request("t", 0, batch(4, -1, false, 0)))
+            .expect("ticket");
+        let t2 = cap
+            .on_request(&request("t", 0, batch(9, -1, false, 0)))
+            .expect("ticket");
+        t1.complete(&response("t", 0, 0, 0));
+        t2.complete(&response("t", 0, 0, 5));
+        let got = lock(&sink.0).clone();
+        assert!(matches!(got[0].1, Pending::Batch { base_offset: 0, .. }));
+        assert!(matches!(got[1].1, Pending::Gap { from: 5, to: 14 }));
+        assert_eq!(budget.used(), 61);
+    }
+
+    #[test]
+    fn transactions_block_until_commit_and_vanish_on_abort() {
+        let (sink, cap, budget) = setup(1 << 20);
+        let tx = cap
+            .on_request(&request("t", 0, batch(0, 42, true, 0)))
+            .expect("ticket");
+        tx.complete(&response("t", 0, 0, 0));
+        let plain = cap
+            .on_request(&request("t", 0, batch(0, -1, false, 0)))
+            .expect("ticket");
+        plain.complete(&response("t", 0, 0, 1));
+        assert!(
+            offsets(&sink).is_empty(),
+            "plain batch waits behind the open transaction"
+        );
+        cap.on_end_txn(42, true);
+        assert_eq!(offsets(&sink), vec![(0, true), (1, true)]);
+
+        let tx = cap
+            .on_request(&request("t", 0, batch(0, 43, true, 0)))
+            .expect("ticket");
+        tx.complete(&response("t", 0, 0, 3));
+        let plain = cap
+            .on_request(&request("t", 0, batch(0, -1, false, 0)))
+            .expect("ticket");
+        plain.complete(&response("t", 0, 0, 5));
+        cap.on_end_txn(43, false);
+        assert_eq!(offsets(&sink), vec![(0, true), (1, true), (5, true)]);
+        assert_eq!(
+            budget.used(),
+            3 * 61,
+            "the aborted batch gave its budget back"
+        );
+    }
+
+    #[test]
+    fn unended_transactions_turn_into_gaps() {
+        let sink = Arc::new(Collect::default());
+        let cap = Capture::new(sink.clone(), Arc::new(Budget::new(1 << 20)), Duration::ZERO);
+        let tx = cap
+            .on_request(&request("t", 0, batch(3, 42, true, 0)))
+            .expect("ticket");
+        tx.complete(&response("t", 0, 0, 10));
+        assert!(offsets(&sink).is_empty());
+        cap.expire_transactions();
+        let got = lock(&sink.0).clone();
+        assert!(matches!(got[0].1, Pending::Gap { from: 10, to: 13 }));
+    }
+
+    #[test]
+    fn filtered_topics_are_not_tracked() {
+        let (_, cap, budget) = setup(1 << 20);
+        assert!(
+            cap.on_request(&request("__consumer_offsets", 0, batch(0, -1, false, 0)))
+                .is_none()
+        );
+        assert_eq!(budget.used(), 0);
+    }
+}
