@@ -75,6 +75,46 @@ impl Default for ProxyConfig {
 pub struct ClusterConfig {
     /// Bootstrap addresses, `HOST:PORT` each.
     pub bootstrap: Vec<String>,
+    /// TLS from the proxy to this cluster's brokers.
+    pub tls: UpstreamTlsConfig,
+    /// SASL credentials the replicator uses (DC2 only; client SASL towards DC1 is
+    /// passed through untouched).
+    pub sasl: Option<SaslConfig>,
+}
+
+/// TLS from the proxy to a cluster.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    /// Connect with TLS.
+    pub enabled: bool,
+    /// PEM CA bundle that signed the brokers' certificates (required when enabled).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate and key, when the brokers require mTLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify the broker certificate against (default: the dialled host).
+    pub server_name: Option<String>,
+}
+
+/// SASL credentials. The password is never logged (`Debug` hides it).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SaslConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslConfig")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What the tee replicates and how.
@@ -140,7 +180,7 @@ pub struct StateConfig {
 }
 
 /// TLS on the client-facing listeners.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; TLS is on when cert and key are both set.
@@ -149,6 +189,30 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
     pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes; new connections use the new
+    /// certificate, open ones keep theirs. In milliseconds.
+    pub reload_interval_ms: u64,
+    /// A TLS handshake that takes longer closes the connection. In milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            reload_interval_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the client-facing ports speak TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
 }
 
 /// A configuration error, naming the field at fault.
@@ -268,6 +332,33 @@ impl Config {
                     path.display()
                 ));
             }
+        }
+        for (name, cluster) in [("source", &self.source), ("target", &self.target)] {
+            let t = &cluster.tls;
+            if t.enabled && t.ca.is_none() {
+                problems.push(format!("{name}.tls.ca: required when {name}.tls.enabled = true"));
+            }
+            if t.cert.is_some() != t.key.is_some() {
+                problems.push(format!("{name}.tls: cert and key must be given together"));
+            }
+            for (field, path) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    problems.push(format!("{name}.tls.{field}: {} is not a readable file", path.display()));
+                }
+            }
+        }
+        if self.source.sasl.is_some() {
+            problems.push("source.sasl: client SASL towards DC1 is passed through; only target.sasl is used".into());
+        }
+        if let Some(s) = &self.target.sasl
+            && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&s.mechanism.as_str())
+        {
+            problems.push(format!(
+                "target.sasl.mechanism: {:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+                s.mechanism
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -43,6 +43,15 @@ struct RunArgs {
     /// Host name put in broker addresses handed to clients.
     #[arg(long, value_name = "HOST")]
     advertised_host: Option<String>,
+    /// PEM certificate chain: client-facing ports speak TLS (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or kafka_tee=debug.
     #[arg(long, env = "KAFKA_TEE_LOG", default_value = "info")]
     log: String,
@@ -131,6 +140,15 @@ fn load_config(args: &RunArgs) -> Result<Config, kafka_tee::config::ConfigError>
     }
     if let Some(h) = &args.advertised_host {
         config.proxy.advertised_host = Some(h.clone());
+    }
+    if let Some(p) = &args.tls_cert {
+        config.tls.cert = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_key {
+        config.tls.key = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_client_ca {
+        config.tls.client_ca = Some(p.clone());
     }
     config.validate()?;
     Ok(config)

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, parse_addr};
-use crate::net::accept_loop;
+use crate::net::Acceptor;
+use crate::net::tls::{ServerTls, ServerTlsFiles};
 use crate::proxy::session::SessionContext;
 use crate::proxy::{Router, Upstream};
 use crate::tee::TopicFilter;
@@ -97,11 +98,19 @@ pub async fn run(
         router: router.clone(),
         capture: tee.as_ref().map(|t| t.capture.clone()),
         shutdown: shutdown.clone(),
+        upstream_tls: config.source.tls.connector()?,
     });
-    let permits = Arc::new(Semaphore::new(config.proxy.max_connections));
     let tracker = TaskTracker::new();
+    let tls = server_tls(&config, &shutdown, &tracker)?;
+    let acceptor = Acceptor {
+        session: ctx,
+        permits: Arc::new(Semaphore::new(config.proxy.max_connections)),
+        tracker: tracker.clone(),
+        tls,
+        handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
+    };
     {
-        let (ctx, permits, tracker2) = (ctx.clone(), permits.clone(), tracker.clone());
+        let acceptor = acceptor.clone();
         let handle = tokio::runtime::Handle::current();
         router.set_spawner(Box::new(move |id, std_listener| {
             let _guard = handle.enter();
@@ -110,26 +119,16 @@ pub async fn run(
                 .and_then(|_| TcpListener::from_std(std_listener));
             match listener {
                 Ok(l) => {
-                    tracker2.spawn(accept_loop(
-                        l,
-                        Upstream::Broker(id),
-                        ctx.clone(),
-                        permits.clone(),
-                        tracker2.clone(),
-                    ));
+                    acceptor
+                        .tracker
+                        .spawn(acceptor.clone().run(l, Upstream::Broker(id)));
                 }
                 Err(e) => tracing::error!(broker = id.0, "cannot start broker listener: {e}"),
             }
         }));
     }
     tracing::info!(%local, source = ?config.source.bootstrap, target = ?config.target.bootstrap, "kafka-tee listening");
-    tracker.spawn(accept_loop(
-        listener,
-        Upstream::Bootstrap,
-        ctx,
-        permits,
-        tracker.clone(),
-    ));
+    tracker.spawn(acceptor.run(listener, Upstream::Bootstrap));
 
     shutdown.cancelled().await;
     tracker.close();
@@ -144,6 +143,39 @@ pub async fn run(
     }
     tracing::info!("kafka-tee stopped");
     Ok(())
+}
+
+/// Loads the client-facing TLS configuration and starts watching its files.
+fn server_tls(
+    config: &Config,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Ok(None);
+    };
+    let tls = ServerTls::load(ServerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+    })?;
+    let (watched, shutdown) = (tls.clone(), shutdown.clone());
+    let every = Duration::from_millis(config.tls.reload_interval_ms.max(100));
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match watched.reload_if_changed() {
+                Ok(true) => tracing::info!("TLS certificate reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("TLS reload failed, keeping the previous certificate: {e}"),
+            }
+        }
+    });
+    Ok(Some(tls))
 }
 
 /// The replicator plus the capture that feeds it.

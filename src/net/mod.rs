@@ -1,54 +1,83 @@
-//! Listeners: the accept loop shared by the bootstrap port and the per-broker ports.
+//! Listeners: the accept loop shared by the bootstrap port and the per-broker ports,
+//! with optional TLS termination.
+
+pub mod tls;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::Upstream;
 use crate::proxy::session::{self, SessionContext};
+use tls::ServerTls;
 
-/// Accepts clients until shutdown. One bad connection never stops the loop; the
-/// connection limit is shared by every listener through `permits`.
-pub async fn accept_loop(
-    listener: TcpListener,
-    upstream: Upstream,
-    ctx: Arc<SessionContext>,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-) {
-    let local = listener.local_addr().ok();
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Usually EMFILE or a connection reset before accept: back off briefly.
-                tracing::warn!(?local, "accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// What every listener shares.
+#[derive(Clone)]
+pub struct Acceptor {
+    pub session: Arc<SessionContext>,
+    /// The connection limit, shared by every listener.
+    pub permits: Arc<Semaphore>,
+    pub tracker: TaskTracker,
+    pub tls: Option<Arc<ServerTls>>,
+    pub handshake_timeout: Duration,
+}
+
+impl Acceptor {
+    /// Accepts clients until shutdown. One bad connection never stops the loop.
+    pub async fn run(self, listener: TcpListener, upstream: Upstream) {
+        let local = listener.local_addr().ok();
+        loop {
+            let accepted = tokio::select! {
+                _ = self.session.shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Usually EMFILE or a connection reset before accept: back off briefly.
+                    tracing::warn!(?local, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; refusing connection");
+                metrics::counter!("kafka_tee_connections_refused_total").increment(1);
                 continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; refusing connection");
-            metrics::counter!("kafka_tee_connections_refused_total").increment(1);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        metrics::counter!("kafka_tee_connections_accepted_total").increment(1);
-        let ctx = ctx.clone();
-        let upstream = upstream.clone();
-        tracker.spawn(async move {
-            let open = metrics::gauge!("kafka_tee_connections_open");
-            open.increment(1.0);
-            session::run(stream, peer, upstream, ctx).await;
-            open.decrement(1.0);
-            drop(permit);
-        });
+            };
+            let _ = stream.set_nodelay(true);
+            metrics::counter!("kafka_tee_connections_accepted_total").increment(1);
+            let this = self.clone();
+            let upstream = upstream.clone();
+            self.tracker.spawn(async move {
+                let open = metrics::gauge!("kafka_tee_connections_open");
+                open.increment(1.0);
+                this.serve(stream, peer, upstream).await;
+                open.decrement(1.0);
+                drop(permit);
+            });
+        }
+        tracing::debug!(?local, "listener stopped");
     }
-    tracing::debug!(?local, "listener stopped");
+
+    async fn serve(&self, stream: TcpStream, peer: std::net::SocketAddr, upstream: Upstream) {
+        let ctx = self.session.clone();
+        let Some(tls) = &self.tls else {
+            return session::run(stream, peer, upstream, ctx).await;
+        };
+        match tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => session::run(stream, peer, upstream, ctx).await,
+            Ok(Err(e)) => {
+                metrics::counter!("kafka_tee_tls_handshake_failures_total").increment(1);
+                tracing::warn!(%peer, "TLS handshake failed (plaintext client on a TLS port?): {e}");
+            }
+            Err(_) => {
+                metrics::counter!("kafka_tee_tls_handshake_failures_total").increment(1);
+                tracing::warn!(%peer, timeout = ?self.handshake_timeout, "TLS handshake timed out");
+            }
+        }
+    }
 }

@@ -37,7 +37,13 @@ pub struct SessionContext {
     /// Present when the tee is on.
     pub capture: Option<Arc<Capture>>,
     pub shutdown: CancellationToken,
+    /// TLS towards DC1 brokers, when configured.
+    pub upstream_tls: Option<tokio_rustls::TlsConnector>,
 }
+
+/// A connection to a DC1 broker, plain or TLS.
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpstreamIo for T {}
 
 /// Why a session ended early, and which side was at fault.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +113,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (up, addr) = connect(upstream, ctx).await?;
-    let (ur, uw) = up.into_split();
+    let (ur, uw) = tokio::io::split(up);
     let (cr, cw) = tokio::io::split(client);
     let (tx, rx) = mpsc::channel(ctx.config.proxy.max_in_flight);
     let requests = forward_requests(cr, BufWriter::with_capacity(64 * 1024, uw), tx, ctx, &addr);
@@ -118,7 +124,7 @@ where
 async fn connect(
     upstream: &Upstream,
     ctx: &SessionContext,
-) -> Result<(TcpStream, String), SessionError> {
+) -> Result<(Box<dyn UpstreamIo>, String), SessionError> {
     let candidates = match upstream {
         Upstream::Bootstrap => ctx.config.source.bootstrap.clone(),
         Upstream::Broker(id) => match ctx.router.upstream_of(*id) {
@@ -137,7 +143,20 @@ async fn connect(
         match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                return Ok((s, addr));
+                let Some(tls) = &ctx.upstream_tls else {
+                    return Ok((Box::new(s), addr));
+                };
+                let name = ctx
+                    .config
+                    .source
+                    .tls
+                    .server_name(&addr)
+                    .map_err(|e| SessionError::Connect(e.to_string()))?;
+                match tokio::time::timeout(timeout, tls.connect(name, s)).await {
+                    Ok(Ok(s)) => return Ok((Box::new(s), addr)),
+                    Ok(Err(e)) => last = format!("{addr}: TLS handshake failed: {e}"),
+                    Err(_) => last = format!("{addr}: TLS handshake timed out after {timeout:?}"),
+                }
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => last = format!("{addr}: timed out after {timeout:?}"),
