@@ -8,6 +8,7 @@ can run before the client libraries are installed.
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import signal
@@ -88,7 +89,17 @@ class ProcessFailed(RuntimeError):
     pass
 
 
-@dataclass
+# Children still running; killed by pid at interpreter exit in case a teardown never ran.
+_LIVE: list["Proc"] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_LIVE):
+        proc.kill()
+
+
+@dataclass(eq=False)
 class Proc:
     """A child process whose stdout+stderr go to a log file; stopped by pid."""
 
@@ -111,7 +122,12 @@ class Proc:
             )
         finally:
             log.close()
+        _LIVE.append(self)
         return self
+
+    def _reaped(self) -> None:
+        if self in _LIVE:
+            _LIVE.remove(self)
 
     @property
     def pid(self) -> int:
@@ -142,7 +158,9 @@ class Proc:
 
     def wait(self, timeout: float) -> int:
         assert self.popen is not None
-        return self.popen.wait(timeout=timeout)
+        rc = self.popen.wait(timeout=timeout)
+        self._reaped()
+        return rc
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` seconds; returns the exit status."""
@@ -155,12 +173,14 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.signal(signal.SIGKILL)
                 self.popen.wait(timeout=10)
+        self._reaped()
         return self.popen.returncode
 
     def kill(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
             self.signal(signal.SIGKILL)
             self.popen.wait(timeout=10)
+        self._reaped()
 
 
 # --------------------------------------------------------------------------- tansu

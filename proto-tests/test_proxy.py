@@ -149,6 +149,7 @@ def test_metadata_brokers_are_proxy_addresses(dc1, proxy):
     for b in md.brokers.values():
         assert_proxy_address(px, dc1, b.host, b.port, f"confluent metadata broker {b.id}")
     ids = set(md.brokers)
+    assert md.controller_id in ids | {-1}, f"controller {md.controller_id} not in {ids}"
     for p in md.topics[topic].partitions.values():
         assert p.leader in ids, f"partition {p.id} leader {p.leader} not among brokers {ids}"
         assert set(p.replicas) <= ids and set(p.isrs) <= ids, p
