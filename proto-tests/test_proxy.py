@@ -451,3 +451,28 @@ def test_signal_exits_zero_within_grace(dc1, proxy, sig):
     # DC1 kept what was acked
     got = consume_confluent(dc1.bootstrap, topic, expected=10)
     assert_same_records(res.acked, got, "DC1 after proxy shutdown")
+
+
+# ------------------------------------------------------------------- admin HTTP
+
+
+def test_admin_endpoints(dc1, proxy):
+    import urllib.request
+
+    px = proxy(dc1.bootstrap, admin=True)
+    topic = unique("admin")
+    create_topic(px.bootstrap, topic, partitions=1)
+    assert produce_confluent(px.bootstrap, topic, make_records(5, "a")).errors == []
+
+    def get(path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://{HOST}:{px.admin_port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+
+    assert get("/healthz")[0] == 200
+    assert get("/readyz")[0] == 200
+    status, body = get("/metrics")
+    assert status == 200
+    samples = [line for line in body.splitlines() if line and not line.startswith("#")]
+    assert samples, "no metric samples"
+    bad = [line for line in samples if not line.startswith("kafka_tee_")]
+    assert not bad, f"metrics without the kafka_tee_ prefix: {bad[:5]}"
