@@ -1,2 +1,703 @@
 //! A small Kafka client on the kafka-protocol crate, used for DC2 (produce, topics,
 //! producer id) and for reading back from DC1 (fetch, configs).
+//!
+//! - `conn`: one pipelined connection per broker (writer task, reader task, FIFO).
+//! - this file: bootstrap, metadata cache (topic -> partitions -> leader, broker
+//!   addresses), connection pool, typed `send` helpers and retry with backoff.
+//! - `ops`: the requests the tee needs (InitProducerId, Fetch, CreateTopics,
+//!   DescribeConfigs, ListOffsets), each with its error handling.
+//!
+//! Every network wait is bounded: connects by `connect_timeout`, requests by
+//! `request_timeout` (a broker that does not answer in time loses its connection).
+//! Errors name the cluster they came from.
+
+mod conn;
+mod ops;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName,
+    metadata_request::MetadataRequestTopic,
+};
+use kafka_protocol::protocol::{Request, StrBytes};
+
+pub use conn::{BrokerConnection, PendingResponse};
+pub use ops::{CreateTopicOutcome, EARLIEST, FetchedPartition, IsolationLevel, LATEST};
+
+/// Which cluster a client talks to; every error names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cluster {
+    Dc1,
+    Dc2,
+}
+
+impl std::fmt::Display for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cluster::Dc1 => "DC1",
+            Cluster::Dc2 => "DC2",
+        })
+    }
+}
+
+/// How a client connects and how long it waits.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub cluster: Cluster,
+    /// `HOST:PORT` addresses tried in order until one answers.
+    pub bootstrap: Vec<String>,
+    pub client_id: String,
+    pub connect_timeout: Duration,
+    /// Longest wait for any one response; past it the connection is closed.
+    pub request_timeout: Duration,
+    pub max_frame_bytes: usize,
+    /// Requests written to one broker and not yet answered.
+    pub max_in_flight_per_connection: usize,
+    /// First retry backoff, doubled per attempt up to `retry_backoff_max`.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(cluster: Cluster, bootstrap: Vec<String>) -> Self {
+        Self {
+            cluster,
+            bootstrap,
+            client_id: "kafka-tee".into(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_frame_bytes: 100 * 1024 * 1024,
+            max_in_flight_per_connection: 64,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What went wrong talking to a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{cluster}: cannot connect to {addr}: {reason}")]
+    Connect {
+        cluster: Cluster,
+        addr: String,
+        reason: String,
+    },
+    #[error("{cluster}: no broker reachable: {detail}")]
+    NoBroker { cluster: Cluster, detail: String },
+    #[error("{cluster}: connection to broker {broker} ({addr}) lost: {reason}")]
+    Disconnected {
+        cluster: Cluster,
+        broker: i32,
+        addr: String,
+        reason: String,
+    },
+    #[error("{cluster}: broker {broker} ({addr}) did not answer {api:?} within {timeout:?}")]
+    Timeout {
+        cluster: Cluster,
+        broker: i32,
+        addr: String,
+        api: ApiKey,
+        timeout: Duration,
+    },
+    #[error(
+        "{cluster}: broker {broker} offers {api:?} versions {broker_range:?}, kafka-tee needs one of {wanted:?}"
+    )]
+    UnsupportedVersion {
+        cluster: Cluster,
+        broker: i32,
+        api: ApiKey,
+        broker_range: Option<(i16, i16)>,
+        wanted: RangeInclusive<i16>,
+    },
+    #[error("{cluster}: protocol error with broker {broker}: {message}")]
+    Protocol {
+        cluster: Cluster,
+        broker: i32,
+        message: String,
+    },
+    #[error("{cluster}: {context}: {error}")]
+    Kafka {
+        cluster: Cluster,
+        error: ResponseError,
+        context: String,
+    },
+    #[error("{cluster}: broker {broker} is not in the metadata")]
+    UnknownBroker { cluster: Cluster, broker: i32 },
+    #[error("{cluster}: topic {topic} does not exist")]
+    UnknownTopic { cluster: Cluster, topic: String },
+    #[error("{cluster}: {topic}-{partition} has no leader")]
+    NoLeader {
+        cluster: Cluster,
+        topic: String,
+        partition: i32,
+    },
+}
+
+impl ClientError {
+    pub fn cluster(&self) -> Cluster {
+        match self {
+            ClientError::Connect { cluster, .. }
+            | ClientError::NoBroker { cluster, .. }
+            | ClientError::Disconnected { cluster, .. }
+            | ClientError::Timeout { cluster, .. }
+            | ClientError::UnsupportedVersion { cluster, .. }
+            | ClientError::Protocol { cluster, .. }
+            | ClientError::Kafka { cluster, .. }
+            | ClientError::UnknownBroker { cluster, .. }
+            | ClientError::UnknownTopic { cluster, .. }
+            | ClientError::NoLeader { cluster, .. } => *cluster,
+        }
+    }
+
+    /// The Kafka error code behind this error, if a broker returned one.
+    pub fn kafka_error(&self) -> Option<ResponseError> {
+        match self {
+            ClientError::Kafka { error, .. } => Some(*error),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later (after a metadata refresh) can succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::NoBroker { .. }
+            | ClientError::Disconnected { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::UnknownBroker { .. }
+            | ClientError::NoLeader { .. } => true,
+            ClientError::Kafka { error, .. } => {
+                error.is_retriable() || matches!(error, ResponseError::BrokerNotAvailable)
+            }
+            ClientError::UnknownTopic { .. }
+            | ClientError::UnsupportedVersion { .. }
+            | ClientError::Protocol { .. } => false,
+        }
+    }
+
+    /// Whether the metadata (leaders, brokers) should be refreshed before a retry.
+    pub fn needs_metadata_refresh(&self) -> bool {
+        match self {
+            ClientError::Kafka { error, .. } => is_metadata_error(*error),
+            ClientError::UnknownTopic { .. } => true,
+            other => other.is_retriable(),
+        }
+    }
+}
+
+/// Errors that mean the client's idea of leaders or topics is stale.
+pub fn is_metadata_error(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::NotLeaderOrFollower
+            | ResponseError::UnknownTopicOrPartition
+            | ResponseError::LeaderNotAvailable
+            | ResponseError::FencedLeaderEpoch
+            | ResponseError::UnknownLeaderEpoch
+            | ResponseError::BrokerNotAvailable
+            | ResponseError::ReplicaNotAvailable
+            | ResponseError::NotController
+            | ResponseError::UnknownTopicId
+            | ResponseError::KafkaStorageError
+    )
+}
+
+/// Turns an error code into `Ok(())` or a [`ClientError::Kafka`].
+pub fn check(
+    cluster: Cluster,
+    code: i16,
+    context: impl FnOnce() -> String,
+) -> Result<(), ClientError> {
+    match ResponseError::try_from_code(code) {
+        None => Ok(()),
+        Some(error) => Err(ClientError::Kafka {
+            cluster,
+            error,
+            context: context(),
+        }),
+    }
+}
+
+/// One partition as the metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: i32,
+    /// -1 when the partition has no leader right now.
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub error: Option<ResponseError>,
+}
+
+/// One topic as the metadata describes it; partitions sorted by index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl TopicInfo {
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    pub fn leader(&self, partition: i32) -> Option<i32> {
+        self.partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map(|p| p.leader)
+            .filter(|l| *l >= 0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct MetadataCache {
+    brokers: HashMap<i32, String>,
+    topics: HashMap<String, TopicInfo>,
+    controller: Option<i32>,
+}
+
+/// Exponential backoff: `initial`, doubled per step up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        Self {
+            next: initial,
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// The delay to wait now; the following one is twice as long (up to the max).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// A Kafka client for one cluster. Cheap to clone; clones share connections and
+/// metadata.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    meta: RwLock<MetadataCache>,
+    conns: RwLock<HashMap<i32, Arc<BrokerConnection>>>,
+    /// One connect at a time per broker id, so a burst of callers opens one socket.
+    connecting: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<()>>>>,
+    /// Coalesces concurrent metadata refreshes.
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
+    /// Round-robin start for bootstrap addresses.
+    bootstrap_next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("cluster", &self.inner.cfg.cluster)
+            .field("bootstrap", &self.inner.cfg.bootstrap)
+            .finish()
+    }
+}
+
+/// Pseudo broker ids for bootstrap connections (before broker ids are known).
+fn bootstrap_id(index: usize) -> i32 {
+    -1000 - index as i32
+}
+
+impl Client {
+    /// A client that connects lazily on first use.
+    pub fn new(cfg: ClientConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                meta: RwLock::new(MetadataCache::default()),
+                conns: RwLock::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
+                refreshing: tokio::sync::Mutex::new(None),
+                bootstrap_next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// A client that has reached the cluster once (metadata for no topics), so
+    /// configuration errors surface early.
+    pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
+        let c = Self::new(cfg);
+        c.refresh_metadata(Some(&[])).await?;
+        Ok(c)
+    }
+
+    pub fn cluster(&self) -> Cluster {
+        self.inner.cfg.cluster
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(
+            self.inner.cfg.retry_backoff,
+            self.inner.cfg.retry_backoff_max,
+        )
+    }
+
+    /// Broker id -> `HOST:PORT` from the latest metadata.
+    pub fn brokers(&self) -> HashMap<i32, String> {
+        read(&self.inner.meta).brokers.clone()
+    }
+
+    /// The cached description of a topic, if the metadata has it.
+    pub fn cached_topic(&self, topic: &str) -> Option<TopicInfo> {
+        read(&self.inner.meta).topics.get(topic).cloned()
+    }
+
+    /// The cached leader of a partition.
+    pub fn cached_leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        read(&self.inner.meta)
+            .topics
+            .get(topic)
+            .and_then(|t| t.leader(partition))
+    }
+
+    /// Fetches metadata for `topics` (`None`: all topics) and updates the cache.
+    pub async fn refresh_metadata(
+        &self,
+        topics: Option<&[&str]>,
+    ) -> Result<MetadataResponse, ClientError> {
+        let mut req = MetadataRequest::default();
+        req.allow_auto_topic_creation = false;
+        req.topics = topics.map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    let mut mt = MetadataRequestTopic::default();
+                    mt.name = Some(TopicName(StrBytes::from_string((*t).to_string())));
+                    mt
+                })
+                .collect()
+        });
+        let (_, resp) = self.send_any(&req, 1..=12).await?;
+        self.apply_metadata(&resp);
+        if !resp.brokers.is_empty() {
+            // Brokers are known by id now; bootstrap connections close once unused.
+            write(&self.inner.conns).retain(|id, _| *id > bootstrap_id(0));
+        }
+        Ok(resp)
+    }
+
+    /// Refreshes metadata unless another caller finished a refresh within the last
+    /// `retry_backoff`; used after leader errors, where many callers notice at once.
+    pub async fn refresh_metadata_coalesced(&self, topics: &[&str]) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let mut last = self.inner.refreshing.lock().await;
+        if let Some(t) = *last
+            && t >= started
+                .checked_sub(self.inner.cfg.retry_backoff)
+                .unwrap_or(started)
+        {
+            return Ok(());
+        }
+        let r = self.refresh_metadata(Some(topics)).await;
+        *last = Some(Instant::now());
+        r.map(|_| ())
+    }
+
+    fn apply_metadata(&self, resp: &MetadataResponse) {
+        let mut m = write(&self.inner.meta);
+        if !resp.brokers.is_empty() {
+            m.brokers = resp
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+                .collect();
+        }
+        m.controller = Some(resp.controller_id.0).filter(|c| *c >= 0);
+        for t in &resp.topics {
+            let Some(name) = t.name.as_ref().map(|n| n.0.to_string()) else {
+                continue;
+            };
+            match ResponseError::try_from_code(t.error_code) {
+                Some(ResponseError::UnknownTopicOrPartition)
+                | Some(ResponseError::InvalidTopicException) => {
+                    m.topics.remove(&name);
+                }
+                Some(ResponseError::LeaderNotAvailable) | None => {
+                    let mut partitions: Vec<PartitionInfo> = t
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionInfo {
+                            partition: p.partition_index,
+                            leader: p.leader_id.0,
+                            leader_epoch: p.leader_epoch,
+                            error: ResponseError::try_from_code(p.error_code),
+                        })
+                        .collect();
+                    partitions.sort_by_key(|p| p.partition);
+                    m.topics
+                        .insert(name.clone(), TopicInfo { name, partitions });
+                }
+                Some(e) => {
+                    tracing::debug!(cluster = %self.cluster(), topic = %name, error = %e, "metadata error for topic");
+                }
+            }
+        }
+    }
+
+    /// Describes one topic from fresh metadata; `None` when it does not exist.
+    pub async fn topic(&self, topic: &str) -> Result<Option<TopicInfo>, ClientError> {
+        let resp = self.refresh_metadata(Some(&[topic])).await?;
+        for t in &resp.topics {
+            if t.name.as_ref().map(|n| n.0.as_str()) != Some(topic) {
+                continue;
+            }
+            match ResponseError::try_from_code(t.error_code) {
+                None | Some(ResponseError::LeaderNotAvailable) => {}
+                Some(ResponseError::UnknownTopicOrPartition) => return Ok(None),
+                Some(error) => {
+                    return Err(ClientError::Kafka {
+                        cluster: self.cluster(),
+                        error,
+                        context: format!("metadata for topic {topic}"),
+                    });
+                }
+            }
+        }
+        Ok(self.cached_topic(topic))
+    }
+
+    /// The leader of a partition, from the cache or, when unknown, fresh metadata.
+    pub async fn leader(&self, topic: &str, partition: i32) -> Result<i32, ClientError> {
+        if let Some(l) = self.cached_leader(topic, partition) {
+            return Ok(l);
+        }
+        match self.topic(topic).await? {
+            None => Err(ClientError::UnknownTopic {
+                cluster: self.cluster(),
+                topic: topic.to_string(),
+            }),
+            Some(t) => t.leader(partition).ok_or_else(|| ClientError::NoLeader {
+                cluster: self.cluster(),
+                topic: topic.to_string(),
+                partition,
+            }),
+        }
+    }
+
+    /// The controller (for CreateTopics), or any broker when none is known.
+    pub fn controller(&self) -> Option<i32> {
+        read(&self.inner.meta).controller
+    }
+
+    /// An open connection to `broker`, opening one if needed.
+    pub async fn connection(&self, broker: i32) -> Result<Arc<BrokerConnection>, ClientError> {
+        if let Some(c) = read(&self.inner.conns).get(&broker)
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let addr = if broker <= bootstrap_id(0) {
+            let i = (bootstrap_id(0) - broker) as usize;
+            self.inner.cfg.bootstrap.get(i).cloned()
+        } else {
+            read(&self.inner.meta).brokers.get(&broker).cloned()
+        };
+        let Some(addr) = addr else {
+            return Err(ClientError::UnknownBroker {
+                cluster: self.cluster(),
+                broker,
+            });
+        };
+        let gate = lock(&self.inner.connecting)
+            .entry(broker)
+            .or_default()
+            .clone();
+        let _g = gate.lock().await;
+        // Someone else may have connected while this caller waited.
+        if let Some(c) = read(&self.inner.conns).get(&broker)
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let conn = BrokerConnection::open(&self.inner.cfg, BrokerId(broker), &addr).await?;
+        write(&self.inner.conns).insert(broker, conn.clone());
+        Ok(conn)
+    }
+
+    /// A connection to some broker: an open one if any, else known brokers, else the
+    /// bootstrap addresses in turn.
+    pub async fn any_connection(&self) -> Result<Arc<BrokerConnection>, ClientError> {
+        if let Some(c) = read(&self.inner.conns)
+            .iter()
+            .filter(|(id, c)| **id >= 0 && !c.is_closed())
+            .map(|(_, c)| c.clone())
+            .next()
+        {
+            return Ok(c);
+        }
+        let mut candidates: Vec<i32> = read(&self.inner.meta).brokers.keys().copied().collect();
+        candidates.sort_unstable();
+        let n = self.inner.cfg.bootstrap.len();
+        let start = self.inner.bootstrap_next.fetch_add(1, Ordering::Relaxed);
+        candidates.extend((0..n).map(|i| bootstrap_id((start + i) % n.max(1))));
+        let mut errors = Vec::new();
+        for id in candidates {
+            match self.connection(id).await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(ClientError::NoBroker {
+            cluster: self.cluster(),
+            detail: if errors.is_empty() {
+                "no bootstrap addresses configured".into()
+            } else {
+                errors.join("; ")
+            },
+        })
+    }
+
+    /// Sends a request to a broker at the highest version both sides support within
+    /// `versions`, and returns that version with the response.
+    pub async fn send<R: Request>(
+        &self,
+        broker: i32,
+        req: &R,
+        versions: RangeInclusive<i16>,
+    ) -> Result<(i16, R::Response), ClientError> {
+        let conn = self.connection(broker).await?;
+        let v = conn.version_for::<R>(versions)?;
+        Ok((v, conn.call(req, v).await?))
+    }
+
+    /// Like [`Client::send`], to whichever broker is reachable.
+    pub async fn send_any<R: Request>(
+        &self,
+        req: &R,
+        versions: RangeInclusive<i16>,
+    ) -> Result<(i16, R::Response), ClientError> {
+        let conn = self.any_connection().await?;
+        let v = conn.version_for::<R>(versions)?;
+        Ok((v, conn.call(req, v).await?))
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retriable error, or `deadline`
+    /// passes; between attempts it refreshes metadata when the error calls for it and
+    /// backs off.
+    pub async fn retry<T, F, Fut>(&self, deadline: Duration, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let until = Instant::now() + deadline;
+        let mut backoff = self.backoff();
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retriable() && Instant::now() < until => {
+                    tracing::debug!(error = %e, "retrying");
+                    if e.needs_metadata_refresh() {
+                        let _ = self.refresh_metadata_coalesced(&[]).await;
+                    }
+                    let d = backoff
+                        .next_delay()
+                        .min(until.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(d).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Closes every connection (in-flight requests fail).
+    pub fn close(&self) {
+        for c in write(&self.inner.conns).drain() {
+            c.1.close();
+        }
+    }
+}
+
+// The locks above guard plain maps and are never held across an await; a poisoned lock
+// only means another thread panicked mid-update of a cache, which is still usable.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_max() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let got: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(got, vec![100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 100);
+    }
+
+    #[test]
+    fn errors_name_the_cluster() {
+        let e = ClientError::Kafka {
+            cluster: Cluster::Dc2,
+            error: ResponseError::NotLeaderOrFollower,
+            context: "produce to t-0".into(),
+        };
+        assert_eq!(e.to_string(), "DC2: produce to t-0: NotLeaderOrFollower");
+        assert!(e.is_retriable() && e.needs_metadata_refresh());
+        let e = ClientError::Kafka {
+            cluster: Cluster::Dc1,
+            error: ResponseError::TopicAuthorizationFailed,
+            context: "fetch".into(),
+        };
+        assert!(!e.is_retriable());
+        assert_eq!(e.cluster(), Cluster::Dc1);
+    }
+
+    #[tokio::test]
+    async fn unreachable_bootstrap_fails_with_the_cluster_named() {
+        // A port nobody listens on: bind, learn the port, close.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let mut cfg = ClientConfig::new(Cluster::Dc2, vec![format!("127.0.0.1:{port}")]);
+        cfg.connect_timeout = Duration::from_millis(500);
+        let err = Client::connect(cfg).await.expect_err("nothing listens");
+        assert_eq!(err.cluster(), Cluster::Dc2);
+        assert!(err.to_string().starts_with("DC2: "), "{err}");
+        assert!(err.is_retriable());
+    }
+}
