@@ -349,6 +349,58 @@ impl Iterator for Batches {
     }
 }
 
+/// What a read_committed reader does with a fetched batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Committed (or non-transactional) data.
+    Keep,
+    /// A transaction marker.
+    Control,
+    /// Part of an aborted transaction.
+    Aborted,
+}
+
+/// Tells committed batches from aborted ones while reading a partition in order, from
+/// the `aborted_transactions` lists of read_committed Fetch responses (the algorithm
+/// Kafka consumers use): from an aborted transaction's first offset on, that
+/// producer's transactional batches are skipped until its marker.
+#[derive(Debug, Default)]
+pub struct TxnFilter {
+    /// Aborted transactions not reached yet: (first offset, producer id).
+    ahead: std::collections::BTreeSet<(i64, i64)>,
+    /// Producers inside an aborted transaction.
+    aborted: std::collections::HashSet<i64>,
+}
+
+impl TxnFilter {
+    /// Adds a Fetch response's aborted transactions, `(producer_id, first_offset)`.
+    pub fn observe(&mut self, aborted: &[(i64, i64)]) {
+        for (pid, first) in aborted {
+            self.ahead.insert((*first, *pid));
+        }
+    }
+
+    /// Classifies the next batch (batches must come in offset order).
+    pub fn classify(&mut self, batch: &RecordBatch) -> Committed {
+        let base = batch.base_offset();
+        while let Some(&(first, pid)) = self.ahead.first() {
+            if first > base {
+                break;
+            }
+            self.ahead.pop_first();
+            self.aborted.insert(pid);
+        }
+        if batch.is_control() {
+            self.aborted.remove(&batch.producer_id());
+            return Committed::Control;
+        }
+        if batch.is_transactional() && self.aborted.contains(&batch.producer_id()) {
+            return Committed::Aborted;
+        }
+        Committed::Keep
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,6 +588,36 @@ mod tests {
         assert_eq!(it.next().expect("b").expect("valid").record_count(), 5);
         assert!(it.next().is_none());
         assert_eq!(it.remaining(), 30);
+    }
+
+    fn txn_batch(base: i64, pid: i64, transactional: bool, control: bool) -> RecordBatch {
+        let mut r = records(1, transactional).remove(0);
+        r.offset = base;
+        r.sequence = 0;
+        r.producer_id = pid;
+        r.control = control;
+        RecordBatch::parse(encode(&[r], Compression::None)).expect("parse")
+    }
+
+    #[test]
+    fn txn_filter_skips_aborted_transactions_only() {
+        let mut f = TxnFilter::default();
+        // Producer 7 aborted a transaction starting at offset 1; producer 8 committed.
+        f.observe(&[(7, 1)]);
+        assert_eq!(f.classify(&txn_batch(0, 7, false, false)), Committed::Keep);
+        assert_eq!(
+            f.classify(&txn_batch(1, 7, true, false)),
+            Committed::Aborted
+        );
+        assert_eq!(f.classify(&txn_batch(2, 8, true, false)), Committed::Keep);
+        assert_eq!(
+            f.classify(&txn_batch(3, 7, true, false)),
+            Committed::Aborted
+        );
+        assert_eq!(f.classify(&txn_batch(4, 7, true, true)), Committed::Control);
+        // After its abort marker, producer 7's next transaction is kept.
+        assert_eq!(f.classify(&txn_batch(5, 7, true, false)), Committed::Keep);
+        assert_eq!(f.classify(&txn_batch(6, 8, true, true)), Committed::Control);
     }
 
     proptest! {

@@ -1,0 +1,155 @@
+//! Reading a range of offsets back from DC1 (a gap: acknowledged by DC1 but not held in
+//! memory). Batches come back raw, exactly as DC1 stores them, and are replayed in
+//! order. Only committed data goes on: the fetch is read_committed (it stops at the
+//! last stable offset) and batches of aborted transactions are skipped using the
+//! response's aborted-transaction list, as Kafka consumers do. Control batches
+//! (transaction markers) are never copied: DC2 gets plain batches.
+
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+
+use crate::client::{Client, ClientError, EARLIEST, IsolationLevel};
+use crate::tee::batch::{Committed, RecordBatch, TxnFilter, split_batches};
+
+const START_MAX_BYTES: i32 = 1024 * 1024;
+const LIMIT_MAX_BYTES: i32 = 64 * 1024 * 1024;
+const FETCH_MAX_WAIT: Duration = Duration::from_millis(250);
+
+/// The read position within one gap.
+#[derive(Debug)]
+pub(super) struct CatchUp {
+    /// Next DC1 offset to read.
+    pub next: i64,
+    /// Last offset of the gap.
+    pub to: i64,
+    txns: TxnFilter,
+    max_bytes: i32,
+}
+
+/// What one read step produced.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Batches to replay, in order (possibly none when only skipped batches were read).
+    Batches(Vec<RecordBatch>),
+    /// Nothing readable yet (an open transaction, or the high watermark has not
+    /// reached the gap); ask again shortly.
+    Wait,
+    /// Offsets `from..=to` are no longer in DC1; the read moved past them.
+    Lost { from: i64, to: i64, reason: String },
+}
+
+/// Batches skipped because their transaction was aborted, for the caller's metrics.
+#[derive(Debug, Default)]
+pub(super) struct Skipped {
+    pub aborted_batches: u64,
+    pub control_batches: u64,
+}
+
+impl CatchUp {
+    pub fn new(from: i64, to: i64) -> Self {
+        Self {
+            next: from,
+            to,
+            txns: TxnFilter::default(),
+            max_bytes: START_MAX_BYTES,
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.next > self.to
+    }
+
+    /// Reads the next chunk of the gap from DC1.
+    pub async fn step(
+        &mut self,
+        dc1: &Client,
+        topic: &str,
+        partition: i32,
+        skipped: &mut Skipped,
+    ) -> Result<Step, ClientError> {
+        let fetched = dc1
+            .fetch(
+                topic,
+                partition,
+                self.next,
+                self.max_bytes,
+                FETCH_MAX_WAIT,
+                IsolationLevel::ReadCommitted,
+            )
+            .await;
+        let f = match fetched {
+            Ok(f) => f,
+            Err(e) if e.kafka_error() == Some(ResponseError::OffsetOutOfRange) => {
+                let start = dc1.list_offset(topic, partition, EARLIEST).await?;
+                let from = self.next;
+                if from < start {
+                    let to = self.to.min(start - 1);
+                    self.next = to + 1;
+                    return Ok(Step::Lost {
+                        from,
+                        to,
+                        reason: format!("DC1 log now starts at offset {start} (retention)"),
+                    });
+                }
+                self.next = self.to + 1;
+                return Ok(Step::Lost {
+                    from,
+                    to: self.to,
+                    reason: "DC1 no longer has these offsets (log truncated?)".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        self.txns.observe(&f.aborted);
+        let had_bytes = !f.records.is_empty();
+        let start = self.next;
+        let mut out = Vec::new();
+        for item in split_batches(f.records) {
+            let batch = match item {
+                Ok(b) => b,
+                Err(e) => {
+                    let from = self.next;
+                    self.next = self.to + 1;
+                    return Ok(Step::Lost {
+                        from,
+                        to: self.to,
+                        reason: format!("DC1 returned an unreadable record batch: {e}"),
+                    });
+                }
+            };
+            let base = batch.base_offset();
+            let last = base.saturating_add(i64::from(batch.last_offset_delta()));
+            if last < self.next {
+                continue;
+            }
+            if base > self.to {
+                self.next = self.to + 1;
+                break;
+            }
+            self.next = last + 1;
+            match self.txns.classify(&batch) {
+                Committed::Keep => {}
+                Committed::Control => {
+                    skipped.control_batches += 1;
+                    continue;
+                }
+                Committed::Aborted => {
+                    skipped.aborted_batches += 1;
+                    continue;
+                }
+            }
+            out.push(batch);
+        }
+        if self.next > start {
+            self.max_bytes = START_MAX_BYTES;
+            return Ok(Step::Batches(out));
+        }
+        if had_bytes && self.max_bytes < LIMIT_MAX_BYTES {
+            // Only part of one batch came back: ask for more next time.
+            self.max_bytes = self.max_bytes.saturating_mul(2).min(LIMIT_MAX_BYTES);
+            return Ok(Step::Batches(out));
+        }
+        Ok(Step::Wait)
+    }
+}

@@ -1,0 +1,600 @@
+//! The DC2 side of the tee: per-partition ordered queues, pipelined Produce to DC2
+//! leaders, retries, checkpoints and catch-up from DC1.
+//!
+//! - `worker`: one task per DC1 partition; ordering, sequences, retries, gaps.
+//! - `sender`: one task per DC2 leader; bundles partitions into Produce requests.
+//! - `catchup`: reads gaps back from DC1 (raw batches, committed data only).
+//! - `topics`: topic filter, DC2 topic creation and partition-count checks.
+//! - `queue`: a partition's pending items, gaps merged.
+//! - `checkpoint`: the durable per-partition position and DC2 producer identity.
+//!
+//! The proxy calls [`ReplicatorHandle::push`] in DC1 offset order per partition. Push
+//! never blocks: items go to the partition's worker over an unbounded channel, and the
+//! memory is bounded by the shared [`Budget`] (a captured batch holds its reservation
+//! until DC2 acknowledges it or it is dropped or turned into a gap).
+
+mod catchup;
+pub mod checkpoint;
+mod queue;
+mod sender;
+mod topics;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dashmap::DashMap;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientConfig, ClientError, Cluster};
+use crate::config::Config;
+use crate::tee::{Budget, Pending, TopicPartition};
+use checkpoint::{Checkpoint, PartitionCheckpoint};
+pub use topics::{COPIED_CONFIGS, TopicFilter, TopicStatus};
+
+/// Replication settings taken from the configuration.
+#[derive(Debug, Clone)]
+struct Settings {
+    topic_prefix: String,
+    create_topics: bool,
+    window: usize,
+    request_timeout: Duration,
+    retry_backoff: Duration,
+    retry_backoff_max: Duration,
+    checkpoint_interval: Duration,
+    state_dir: Option<PathBuf>,
+}
+
+/// The DC2 producer identity all workers share. `generation` changes when it is
+/// renewed, so workers notice and restart their sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    producer_id: i64,
+    epoch: i16,
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct IdentityCell {
+    current: Mutex<Option<Identity>>,
+    /// One InitProducerId at a time.
+    init: tokio::sync::Mutex<()>,
+}
+
+impl IdentityCell {
+    fn peek(&self) -> Option<Identity> {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, id: Identity) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+    }
+
+    /// The identity in force, obtained from DC2 if there is none yet.
+    async fn current(&self, dc2: &Client) -> Result<Identity, ClientError> {
+        if let Some(id) = self.peek() {
+            return Ok(id);
+        }
+        let _g = self.init.lock().await;
+        if let Some(id) = self.peek() {
+            return Ok(id);
+        }
+        self.obtain(dc2, 1).await
+    }
+
+    /// A new identity, unless someone already replaced the `stale` generation.
+    async fn renew(&self, dc2: &Client, stale: u64) -> Result<Identity, ClientError> {
+        let _g = self.init.lock().await;
+        if let Some(id) = self.peek()
+            && id.generation != stale
+        {
+            return Ok(id);
+        }
+        metrics::counter!("kafka_tee_producer_id_renewals_total").increment(1);
+        self.obtain(dc2, stale + 1).await
+    }
+
+    async fn obtain(&self, dc2: &Client, generation: u64) -> Result<Identity, ClientError> {
+        let timeout = dc2.config().request_timeout;
+        let (producer_id, epoch) = dc2.retry(timeout, || dc2.init_producer_id()).await?;
+        let id = Identity {
+            producer_id,
+            epoch,
+            generation,
+        };
+        tracing::info!(producer_id, epoch, "DC2 producer id obtained");
+        self.set(id);
+        Ok(id)
+    }
+}
+
+/// One partition's replication position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    offset: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    next_sequence: i32,
+}
+
+/// State shared by the handle, workers, senders and the checkpoint task.
+struct Shared {
+    settings: Settings,
+    dc1: Client,
+    dc2: Client,
+    budget: Arc<Budget>,
+    filter: TopicFilter,
+    gates: topics::TopicGates,
+    identity: IdentityCell,
+    progress: DashMap<TopicPartition, Progress>,
+    progress_version: AtomicU64,
+    committed: Notify,
+    workers: DashMap<TopicPartition, mpsc::UnboundedSender<Pending>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    senders: Mutex<HashMap<i32, mpsc::Sender<sender::Unit>>>,
+    sender_tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+    /// Shutdown began: finish what is queued, accept nothing new.
+    draining: CancellationToken,
+    /// Stop now.
+    hard_stop: CancellationToken,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    fn progress_changed(&self) {
+        self.progress_version.fetch_add(1, Ordering::AcqRel);
+        self.committed.notify_waiters();
+    }
+
+    /// The sender of a DC2 broker, started on first use.
+    fn sender(&self, broker: i32) -> mpsc::Sender<sender::Unit> {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = senders.get(&broker)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(sender::QUEUE);
+        let produce_timeout = self
+            .settings
+            .request_timeout
+            .saturating_sub(Duration::from_secs(1))
+            .max(Duration::from_secs(1));
+        let task = self.runtime.spawn(sender::run(
+            self.dc2.clone(),
+            broker,
+            rx,
+            produce_timeout,
+            self.hard_stop.clone(),
+        ));
+        self.sender_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        senders.insert(broker, tx.clone());
+        tx
+    }
+
+    fn release(&self, item: &Pending) {
+        if let Pending::Batch { records, .. } = item {
+            self.budget.release(records.len());
+        }
+    }
+
+    fn snapshot(&self) -> Checkpoint {
+        let id = self.identity.peek();
+        let partitions = self
+            .progress
+            .iter()
+            .map(|e| PartitionCheckpoint {
+                topic: e.key().topic.to_string(),
+                partition: e.key().partition,
+                offset: e.offset,
+                producer_id: e.producer_id,
+                producer_epoch: e.producer_epoch,
+                next_sequence: e.next_sequence,
+            })
+            .collect();
+        Checkpoint::new(
+            id.map_or(-1, |i| i.producer_id),
+            id.map_or(-1, |i| i.epoch),
+            partitions,
+        )
+    }
+}
+
+/// The running replicator. Dropping it without [`Replicator::shutdown`] stops
+/// everything at once (nothing is flushed).
+pub struct Replicator {
+    shared: Arc<Shared>,
+    checkpoint_task: Option<JoinHandle<()>>,
+    checkpoint_stop: CancellationToken,
+}
+
+/// What the proxy holds: pushes acknowledged items. Cheap to clone.
+#[derive(Clone)]
+pub struct ReplicatorHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ReplicatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatorHandle")
+            .field("partitions", &self.shared.workers.len())
+            .finish()
+    }
+}
+
+fn client_config(cluster: Cluster, bootstrap: &[String], config: &Config) -> ClientConfig {
+    let r = &config.replication;
+    let mut c = ClientConfig::new(cluster, bootstrap.to_vec());
+    c.connect_timeout = config.connect_timeout();
+    c.request_timeout = Duration::from_millis(r.request_timeout_ms.max(1));
+    c.retry_backoff = Duration::from_millis(r.retry_backoff_ms.max(1));
+    c.retry_backoff_max = Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms));
+    c.max_frame_bytes = config.proxy.max_frame_bytes;
+    c.client_id = "kafka-tee-replicator".into();
+    c
+}
+
+/// Starts the replicator: loads the checkpoint (if `state.dir` is set) and starts the
+/// checkpoint timer. Nothing connects yet; DC2 is reached on the first push, so a
+/// DC2 outage at start-up does not keep the proxy from serving.
+pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Replicator> {
+    anyhow::ensure!(
+        config.replication_enabled(),
+        "replication needs target.bootstrap (DC2 addresses)"
+    );
+    let r = &config.replication;
+    let filter = TopicFilter::new(&r.include, &r.exclude).context("replication include/exclude")?;
+    let settings = Settings {
+        topic_prefix: r.topic_prefix.clone(),
+        create_topics: r.create_topics,
+        window: r.max_in_flight_per_partition.clamp(1, 5),
+        request_timeout: Duration::from_millis(r.request_timeout_ms.max(1)),
+        retry_backoff: Duration::from_millis(r.retry_backoff_ms.max(1)),
+        retry_backoff_max: Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms)),
+        checkpoint_interval: Duration::from_millis(r.checkpoint_interval_ms.max(10)),
+        state_dir: config.state.dir.clone(),
+    };
+    let progress = DashMap::new();
+    let identity = IdentityCell::default();
+    if let Some(dir) = &settings.state_dir {
+        let dir = dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || Checkpoint::load(&dir))
+            .await
+            .context("checkpoint loader")??;
+        if let Some(cp) = loaded {
+            if cp.producer_id >= 0 {
+                identity.set(Identity {
+                    producer_id: cp.producer_id,
+                    epoch: cp.producer_epoch,
+                    generation: 1,
+                });
+            }
+            for p in &cp.partitions {
+                progress.insert(
+                    TopicPartition {
+                        topic: Arc::from(p.topic.as_str()),
+                        partition: p.partition,
+                    },
+                    Progress {
+                        offset: p.offset,
+                        producer_id: p.producer_id,
+                        producer_epoch: p.producer_epoch,
+                        next_sequence: p.next_sequence,
+                    },
+                );
+            }
+            tracing::info!(
+                partitions = cp.partitions.len(),
+                producer_id = cp.producer_id,
+                "replicator checkpoint loaded"
+            );
+        }
+    }
+    let shared = Arc::new(Shared {
+        dc1: Client::new(client_config(
+            Cluster::Dc1,
+            &config.source.bootstrap,
+            config,
+        )),
+        dc2: Client::new(client_config(
+            Cluster::Dc2,
+            &config.target.bootstrap,
+            config,
+        )),
+        settings,
+        budget,
+        filter,
+        gates: topics::TopicGates::default(),
+        identity,
+        progress,
+        progress_version: AtomicU64::new(0),
+        committed: Notify::new(),
+        workers: DashMap::new(),
+        tasks: Mutex::new(Vec::new()),
+        senders: Mutex::new(HashMap::new()),
+        sender_tasks: Mutex::new(Vec::new()),
+        closed: AtomicBool::new(false),
+        draining: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let checkpoint_stop = CancellationToken::new();
+    let checkpoint_task = shared.settings.state_dir.clone().map(|dir| {
+        tokio::spawn(checkpoint_loop(
+            shared.clone(),
+            dir,
+            checkpoint_stop.clone(),
+        ))
+    });
+    tracing::info!(
+        dc2 = ?config.target.bootstrap, prefix = %shared.settings.topic_prefix,
+        "replicator started"
+    );
+    Ok(Replicator {
+        shared,
+        checkpoint_task,
+        checkpoint_stop,
+    })
+}
+
+async fn checkpoint_loop(sh: Arc<Shared>, dir: PathBuf, stop: CancellationToken) {
+    let mut written = u64::MAX;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(sh.settings.checkpoint_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        let version = sh.progress_version.load(Ordering::Acquire);
+        if version == written {
+            continue;
+        }
+        match write_checkpoint(&sh, &dir).await {
+            Ok(()) => {
+                written = version;
+                if failing {
+                    tracing::info!("checkpoint written again");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "cannot write the replicator checkpoint");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+async fn write_checkpoint(sh: &Shared, dir: &std::path::Path) -> anyhow::Result<()> {
+    let cp = sh.snapshot();
+    let dir = dir.to_path_buf();
+    let res = tokio::task::spawn_blocking(move || cp.store(&dir)).await;
+    match res {
+        Ok(Ok(())) => {
+            metrics::counter!("kafka_tee_checkpoint_writes_total").increment(1);
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("kafka_tee_checkpoint_errors_total").increment(1);
+            Err(e.into())
+        }
+        Err(e) => {
+            metrics::counter!("kafka_tee_checkpoint_errors_total").increment(1);
+            Err(anyhow::anyhow!("checkpoint writer failed: {e}"))
+        }
+    }
+}
+
+impl Replicator {
+    pub fn handle(&self) -> ReplicatorHandle {
+        ReplicatorHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Per DC1 partition, the last DC1 offset known to be in DC2 (including positions
+    /// loaded from the checkpoint).
+    pub fn checkpoint_offsets(&self) -> BTreeMap<TopicPartition, i64> {
+        self.handle().checkpoint_offsets()
+    }
+
+    /// The DC2 producer id and epoch in use, once obtained.
+    pub fn producer_identity(&self) -> Option<(i64, i16)> {
+        self.shared
+            .identity
+            .peek()
+            .map(|i| (i.producer_id, i.epoch))
+    }
+
+    /// Writes the checkpoint now (no-op without `state.dir`).
+    pub async fn write_checkpoint(&self) -> anyhow::Result<()> {
+        match &self.shared.settings.state_dir {
+            Some(dir) => write_checkpoint(&self.shared, dir).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops taking items, lets the workers send what they hold for up to `grace`,
+    /// then stops them, writes the checkpoint and closes the connections.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let sh = self.shared.clone();
+        let deadline = Instant::now() + grace;
+        sh.closed.store(true, Ordering::Release);
+        sh.draining.cancel();
+        // Dropping the senders lets each worker finish its queue and stop.
+        sh.workers.clear();
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *sh.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut waiting = tasks;
+        let all_done = tokio::time::timeout_at(deadline.into(), async {
+            for t in waiting.iter_mut() {
+                let _ = t.await;
+            }
+        })
+        .await
+        .is_ok();
+        if !all_done {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "replicator grace period over; stopping with data not yet in DC2 (it stays in DC1 and the checkpoint says where to resume)"
+            );
+        }
+        sh.hard_stop.cancel();
+        for t in waiting {
+            if t.is_finished() {
+                continue;
+            }
+            // Workers stop promptly once cancelled; give them a moment to release.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        sh.senders.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let senders: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *sh.sender_tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in senders {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        self.checkpoint_stop.cancel();
+        if let Some(t) = self.checkpoint_task.take() {
+            let _ = t.await;
+        }
+        if let Err(e) = self.write_checkpoint().await {
+            tracing::error!(error = %e, "cannot write the final replicator checkpoint");
+        }
+        sh.dc1.close();
+        sh.dc2.close();
+        tracing::info!("replicator stopped");
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.hard_stop.cancel();
+        self.checkpoint_stop.cancel();
+    }
+}
+
+impl ReplicatorHandle {
+    /// Hands over the next item of a partition (in DC1 offset order). Never blocks.
+    /// Items of topics that are not replicated, or pushed after shutdown began, are
+    /// dropped and their budget released.
+    pub fn push(&self, tp: TopicPartition, item: Pending) {
+        let sh = &self.shared;
+        if sh.closed.load(Ordering::Acquire) {
+            sh.release(&item);
+            return;
+        }
+        if !sh.filter.wants(&tp.topic) {
+            metrics::counter!("kafka_tee_filtered_items_total").increment(1);
+            sh.release(&item);
+            return;
+        }
+        let item = match sh.workers.get(&tp) {
+            Some(tx) => match tx.send(item) {
+                Ok(()) => return,
+                // The worker is gone (it stopped on shutdown or failed); start anew.
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            None => item,
+        };
+        let entry = sh.workers.entry(tp.clone());
+        let tx = match entry {
+            dashmap::Entry::Occupied(mut e) if e.get().is_closed() => {
+                let tx = self.spawn_worker(tp);
+                e.insert(tx.clone());
+                tx
+            }
+            dashmap::Entry::Occupied(e) => e.get().clone(),
+            dashmap::Entry::Vacant(e) => {
+                let tx = self.spawn_worker(tp);
+                e.insert(tx.clone());
+                tx
+            }
+        };
+        if let Err(mpsc::error::SendError(item)) = tx.send(item) {
+            sh.release(&item);
+        }
+    }
+
+    fn spawn_worker(&self, tp: TopicPartition) -> mpsc::UnboundedSender<Pending> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let w = worker::Worker::new(self.shared.clone(), tp, rx);
+        let task = self.shared.runtime.spawn(w.run());
+        let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        tx
+    }
+
+    /// Whether a DC1 topic is replicated (include/exclude patterns).
+    pub fn wants(&self, topic: &str) -> bool {
+        self.shared.filter.wants(topic)
+    }
+
+    /// Per DC1 partition, the last DC1 offset known to be in DC2.
+    pub fn checkpoint_offsets(&self) -> BTreeMap<TopicPartition, i64> {
+        self.shared
+            .progress
+            .iter()
+            .map(|e| (e.key().clone(), e.offset))
+            .collect()
+    }
+
+    /// The last DC1 offset of `tp` known to be in DC2.
+    pub fn replicated_offset(&self, tp: &TopicPartition) -> Option<i64> {
+        self.shared.progress.get(tp).map(|p| p.offset)
+    }
+
+    /// Waits until DC2 holds `tp` up to `offset` (inclusive); false on timeout.
+    pub async fn wait_replicated(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        timeout: Duration,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.committed.notified();
+            if self.replicated_offset(tp).is_some_and(|o| o >= offset) {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.replicated_offset(tp).is_some_and(|o| o >= offset);
+            }
+        }
+    }
+}
+
+impl crate::tee::capture::Sink for ReplicatorHandle {
+    fn push(&self, tp: TopicPartition, item: Pending) {
+        ReplicatorHandle::push(self, tp, item)
+    }
+
+    fn wants(&self, topic: &str) -> bool {
+        ReplicatorHandle::wants(self, topic)
+    }
+}

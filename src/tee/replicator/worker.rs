@@ -1,0 +1,1001 @@
+//! One worker per DC1 partition: takes the partition's items in DC1 offset order,
+//! reads gaps back from DC1, patches each batch with the DC2 producer identity and the
+//! partition's next sequence, and keeps up to `max_in_flight_per_partition` batches in
+//! flight to the DC2 leader.
+//!
+//! Invariants:
+//! - Batches are handed to the sender in DC1 order, and a batch is only resent after
+//!   every batch in flight behind it has been settled, so DC2 order follows DC1 order.
+//! - Sequence numbers are contiguous over the batches DC2 holds: a resend keeps its
+//!   number unless an earlier batch was dropped for good (then the ones after it move
+//!   down) or the producer identity was renewed (then numbering restarts at 0).
+//! - The checkpoint offset only moves forward, over batches DC2 acknowledged or that
+//!   were dropped for good (logged and counted).
+//! - Budget bytes of a captured batch are released exactly once: on ack, on drop, when
+//!   the batch is turned into a gap, or when the worker stops.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::catchup::{CatchUp, Skipped, Step};
+use super::queue::{PartitionQueue, item_range};
+use super::sender::{Unit, UnitResult};
+use super::topics::{GateContext, RECHECK, TopicGate, TopicStatus};
+use super::{Identity, Progress, Shared};
+use crate::client::{Backoff, is_metadata_error};
+use crate::tee::batch::RecordBatch;
+use crate::tee::{Pending, TopicPartition};
+
+/// How often the same kind of trouble is logged per partition at warn level.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+/// A front batch rejected as out of order this many times in a row gets a new
+/// producer identity.
+const OOO_STRIKES: u32 = 3;
+
+/// Kafka's sequence arithmetic: sequences wrap from i32::MAX to 0.
+pub(super) fn add_seq(seq: i32, n: i32) -> i32 {
+    if seq > i32::MAX - n {
+        n - (i32::MAX - seq) - 1
+    } else {
+        seq + n
+    }
+}
+
+/// A batch ready to be sent, with the DC1 offsets it covers.
+struct Ready {
+    first: i64,
+    last: i64,
+    batch: RecordBatch,
+    /// Bytes reserved in the budget by the capture (0 for batches read from DC1).
+    budget: usize,
+    from_dc1: bool,
+}
+
+impl Ready {
+    /// Sequence numbers the batch uses: the broker computes the last sequence from the
+    /// last offset delta (equal to record count - 1 for a producer's batch).
+    fn span(&self) -> i32 {
+        self.batch.last_offset_delta().saturating_add(1)
+    }
+}
+
+/// A batch in the window: sent (`rx` set) or waiting to be (re)sent.
+struct Sent {
+    ready: Ready,
+    seq: i32,
+    rx: Option<oneshot::Receiver<UnitResult>>,
+    deadline: Instant,
+}
+
+/// What to do with a batch after DC2 answered.
+#[derive(Debug)]
+enum Class {
+    Acked,
+    Resend,
+    /// Resend with a new producer identity.
+    Renew,
+    /// DC2 will never take this batch.
+    Drop(ResponseError, Option<String>),
+}
+
+fn classify(r: &UnitResult) -> Class {
+    match r {
+        UnitResult::Acked => Class::Acked,
+        UnitResult::Unknown { .. } => Class::Resend,
+        UnitResult::Rejected { error, message } => match error {
+            ResponseError::UnknownProducerId
+            | ResponseError::InvalidProducerEpoch
+            | ResponseError::ProducerFenced
+            | ResponseError::InvalidProducerIdMapping => Class::Renew,
+            ResponseError::MessageTooLarge
+            | ResponseError::RecordListTooLarge
+            | ResponseError::InvalidRecord
+            | ResponseError::CorruptMessage
+            | ResponseError::InvalidTimestamp
+            | ResponseError::UnsupportedForMessageFormat
+            | ResponseError::UnsupportedCompressionType
+            | ResponseError::PolicyViolation
+            | ResponseError::InvalidTopicException
+            | ResponseError::TopicAuthorizationFailed
+            | ResponseError::ClusterAuthorizationFailed
+            | ResponseError::TransactionalIdAuthorizationFailed
+            | ResponseError::InvalidRequiredAcks
+            | ResponseError::InvalidRequest => Class::Drop(*error, message.clone()),
+            _ => Class::Resend,
+        },
+    }
+}
+
+fn error_code_label(e: ResponseError) -> String {
+    format!("{e}")
+}
+
+enum Next {
+    Ready(Ready),
+    /// Nothing queued.
+    Idle,
+    /// A gap is being read but DC1 has nothing for it right now.
+    Wait,
+}
+
+enum Event {
+    Front(UnitResult),
+    Input(Option<Pending>),
+    Stop,
+}
+
+pub(super) struct Worker {
+    sh: Arc<Shared>,
+    tp: TopicPartition,
+    dc2_topic: Arc<str>,
+    rx: mpsc::UnboundedReceiver<Pending>,
+    rx_open: bool,
+    queue: PartitionQueue,
+    catchup: Option<CatchUp>,
+    catchup_retry_at: Option<Instant>,
+    catchup_backoff: Backoff,
+    ready: VecDeque<Ready>,
+    inflight: VecDeque<Sent>,
+    ident: Option<Identity>,
+    /// (producer id, epoch, next sequence) from the checkpoint, used if the identity
+    /// in force is still that one.
+    restored_seq: Option<(i64, i16, i32)>,
+    next_seq: i32,
+    /// Sequence following the last batch DC2 holds.
+    acked_seq: i32,
+    /// Last DC1 offset known to be in DC2.
+    acked: Option<i64>,
+    /// Last DC1 offset taken into the window (later items at or below it are skipped).
+    sent_upto: Option<i64>,
+    /// After a restart: the first item must start here, or the offsets before it are a
+    /// gap.
+    expect: Option<i64>,
+    /// Highest DC1 offset pushed so far, and the base for lag before the first ack.
+    pushed_upto: Option<i64>,
+    lag_base: Option<i64>,
+    lag_reported: i64,
+    leader: Option<i32>,
+    gate: Arc<TopicGate>,
+    status: Option<TopicStatus>,
+    backoff: Backoff,
+    ooo_strikes: u32,
+    last_warn: Option<Instant>,
+}
+
+impl Worker {
+    pub(super) fn new(
+        sh: Arc<Shared>,
+        tp: TopicPartition,
+        rx: mpsc::UnboundedReceiver<Pending>,
+    ) -> Self {
+        let dc2_topic: Arc<str> = Arc::from(format!("{}{}", sh.settings.topic_prefix, tp.topic));
+        let gate = sh.gates.gate(&tp.topic);
+        let restored = sh.progress.get(&tp).map(|p| *p);
+        let backoff = Backoff::new(sh.settings.retry_backoff, sh.settings.retry_backoff_max);
+        let catchup_backoff = Backoff::new(
+            Duration::from_millis(50),
+            sh.settings.retry_backoff_max.min(Duration::from_secs(1)),
+        );
+        Self {
+            dc2_topic,
+            gate,
+            rx,
+            rx_open: true,
+            queue: PartitionQueue::default(),
+            catchup: None,
+            catchup_retry_at: None,
+            catchup_backoff,
+            ready: VecDeque::new(),
+            inflight: VecDeque::new(),
+            ident: None,
+            restored_seq: restored.map(|p| (p.producer_id, p.producer_epoch, p.next_sequence)),
+            next_seq: 0,
+            acked_seq: 0,
+            acked: restored.map(|p| p.offset),
+            sent_upto: restored.map(|p| p.offset),
+            expect: restored.map(|p| p.offset + 1),
+            pushed_upto: restored.map(|p| p.offset),
+            lag_base: None,
+            lag_reported: 0,
+            leader: None,
+            status: None,
+            backoff,
+            ooo_strikes: 0,
+            last_warn: None,
+            sh,
+            tp,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let hard = self.sh.hard_stop.clone();
+        loop {
+            if hard.is_cancelled() {
+                break;
+            }
+            self.drain_input();
+            if self.finished() {
+                break;
+            }
+            if !self.is_ready() {
+                if self.sh.draining.is_cancelled() && self.is_held() {
+                    // Held data stays in DC1; the checkpoint says where to resume.
+                    break;
+                }
+                self.check_topic().await;
+                continue;
+            }
+            if !self.ensure_identity().await {
+                continue;
+            }
+            if let Err(reason) = self.fill().await {
+                if hard.is_cancelled() {
+                    break;
+                }
+                self.warn_limited(&reason);
+                let results = self.settle().await;
+                self.recover(results).await;
+                let d = self.backoff.next_delay();
+                self.pause(d).await;
+                continue;
+            }
+            if self.inflight.is_empty() {
+                match self.catchup_retry_at {
+                    Some(at) if self.catchup.is_some() => self.pause_until(at).await,
+                    _ => self.idle().await,
+                }
+                continue;
+            }
+            self.await_front().await;
+        }
+        self.release_all();
+    }
+
+    fn finished(&self) -> bool {
+        let input_done = !self.rx_open || (self.sh.draining.is_cancelled() && self.rx.is_empty());
+        input_done
+            && self.queue.is_empty()
+            && self.ready.is_empty()
+            && self.inflight.is_empty()
+            && self.catchup.is_none()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.is_ready())
+    }
+
+    fn is_held(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| !s.is_ready())
+    }
+
+    fn drain_input(&mut self) {
+        while self.rx_open {
+            match self.rx.try_recv() {
+                Ok(item) => self.accept(item),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.rx_open = false,
+            }
+        }
+    }
+
+    fn accept(&mut self, item: Pending) {
+        let (first, last) = item_range(&item);
+        if let Some(expect) = self.expect.take()
+            && first > expect
+        {
+            tracing::info!(
+                partition = %self.tp, from = expect, to = first - 1,
+                "offsets since the checkpoint will be read back from DC1"
+            );
+            self.queue.push_back(Pending::Gap {
+                from: expect,
+                to: first - 1,
+            });
+        }
+        if self.lag_base.is_none() {
+            self.lag_base = Some(first - 1);
+        }
+        self.pushed_upto = Some(self.pushed_upto.map_or(last, |p| p.max(last)));
+        match item {
+            Pending::Batch { records, .. } if self.is_held() => {
+                self.sh.budget.release(records.len());
+                self.queue.push_back(Pending::Gap {
+                    from: first,
+                    to: last,
+                });
+            }
+            item => self.queue.push_back(item),
+        }
+        self.update_lag();
+    }
+
+    /// Checks the DC2 topic; holds the partition's data while it is not ready.
+    async fn check_topic(&mut self) {
+        let ctx = GateContext {
+            dc1: &self.sh.dc1,
+            dc2: &self.sh.dc2,
+            create_topics: self.sh.settings.create_topics,
+            timeout: self.sh.settings.request_timeout,
+        };
+        let checked = self
+            .gate
+            .ensure(&ctx, &self.tp.topic, &self.dc2_topic)
+            .await;
+        match checked {
+            Ok(s) if s.is_ready() => {
+                self.status = Some(s);
+                self.backoff.reset();
+            }
+            Ok(s) => {
+                self.status = Some(s);
+                self.hold();
+                self.pause(RECHECK).await;
+            }
+            Err(e) => {
+                self.warn_limited(&format!(
+                    "cannot check the DC2 topic {}: {e}",
+                    self.dc2_topic
+                ));
+                let d = self.backoff.next_delay();
+                self.pause(d).await;
+            }
+        }
+    }
+
+    /// Turns everything not yet in DC2 into gaps (read back from DC1 later) and frees
+    /// its memory. Only called when nothing is awaiting an answer.
+    fn hold(&mut self) {
+        let mut released = 0;
+        let mut ranges = Vec::new();
+        for s in self.inflight.drain(..) {
+            released += s.ready.budget;
+            ranges.push((s.ready.first, s.ready.last));
+        }
+        for r in self.ready.drain(..) {
+            released += r.budget;
+            ranges.push((r.first, r.last));
+        }
+        if let Some(c) = self.catchup.take()
+            && !c.done()
+        {
+            ranges.push((c.next, c.to));
+        }
+        for (a, b) in ranges.into_iter().rev() {
+            self.queue.push_front_gap(a, b);
+        }
+        released += self.queue.batches_to_gaps();
+        self.sh.budget.release(released);
+        self.sent_upto = self.acked;
+        self.next_seq = self.acked_seq;
+        self.catchup_retry_at = None;
+        self.leader = None;
+    }
+
+    /// Makes sure the worker has a DC2 producer identity, switching to a renewed one
+    /// when nothing is in flight. Returns false after a failed attempt (already paused).
+    async fn ensure_identity(&mut self) -> bool {
+        let current = self.sh.identity.peek();
+        if let (Some(mine), Some(cur)) = (self.ident, current) {
+            if mine.generation == cur.generation || !self.inflight.is_empty() {
+                return true;
+            }
+            self.switch_identity(cur);
+            return true;
+        }
+        match self.sh.identity.current(&self.sh.dc2).await {
+            Ok(id) => {
+                self.switch_identity(id);
+                true
+            }
+            Err(e) => {
+                self.warn_limited(&format!("cannot get a DC2 producer id: {e}"));
+                let d = self.backoff.next_delay();
+                self.pause(d).await;
+                false
+            }
+        }
+    }
+
+    fn switch_identity(&mut self, id: Identity) {
+        let seq = match self.restored_seq.take() {
+            Some((pid, epoch, seq)) if pid == id.producer_id && epoch == id.epoch => seq,
+            _ => 0,
+        };
+        self.ident = Some(id);
+        self.acked_seq = seq;
+        self.renumber();
+    }
+
+    /// Gives the window's batches contiguous sequence numbers after `acked_seq`.
+    fn renumber(&mut self) {
+        let mut seq = self.acked_seq;
+        for s in self.inflight.iter_mut() {
+            s.seq = seq;
+            seq = add_seq(seq, s.ready.span());
+        }
+        self.next_seq = seq;
+    }
+
+    /// (Re)sends what is waiting in the window, then takes new batches up to the
+    /// window size. Errors mean a batch could not be handed to DC2.
+    async fn fill(&mut self) -> Result<(), String> {
+        for i in 0..self.inflight.len() {
+            if self.inflight[i].rx.is_none() {
+                self.submit(i).await?;
+            }
+        }
+        while self.inflight.len() < self.sh.settings.window {
+            match self.next_ready().await {
+                Next::Ready(r) => {
+                    let seq = self.next_seq;
+                    self.next_seq = add_seq(seq, r.span());
+                    self.sent_upto = Some(self.sent_upto.map_or(r.last, |s| s.max(r.last)));
+                    self.inflight.push_back(Sent {
+                        ready: r,
+                        seq,
+                        rx: None,
+                        deadline: Instant::now(),
+                    });
+                    self.submit(self.inflight.len() - 1).await?;
+                }
+                Next::Idle | Next::Wait => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn submit(&mut self, i: usize) -> Result<(), String> {
+        let Some(ident) = self.ident else {
+            return Err("no DC2 producer id yet".into());
+        };
+        let leader = match self.leader {
+            Some(l) => l,
+            None => match self.sh.dc2.leader(&self.dc2_topic, self.tp.partition).await {
+                Ok(l) => {
+                    self.leader = Some(l);
+                    l
+                }
+                Err(e) => {
+                    if matches!(e, crate::client::ClientError::UnknownTopic { .. }) {
+                        self.gate.invalidate().await;
+                        self.status = None;
+                    }
+                    return Err(format!(
+                        "no DC2 leader for {}-{}: {e}",
+                        self.dc2_topic, self.tp.partition
+                    ));
+                }
+            },
+        };
+        let sender = self.sh.sender(leader);
+        let s = &mut self.inflight[i];
+        let records = s
+            .ready
+            .batch
+            .patch(ident.producer_id, ident.epoch, s.seq, true);
+        let (tx, rx) = oneshot::channel();
+        let unit = Unit {
+            topic: self.dc2_topic.clone(),
+            partition: self.tp.partition,
+            records,
+            reply: tx,
+        };
+        let hard = self.sh.hard_stop.clone();
+        tokio::select! {
+            r = sender.send(unit) => r.map_err(|_| "the DC2 sender stopped".to_string())?,
+            _ = hard.cancelled() => return Err("stopping".into()),
+        }
+        s.rx = Some(rx);
+        s.deadline = Instant::now() + self.sh.settings.request_timeout * 3;
+        Ok(())
+    }
+
+    async fn next_ready(&mut self) -> Next {
+        let hard = self.sh.hard_stop.clone();
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Next::Ready(r);
+            }
+            if let Some(c) = self.catchup.as_mut() {
+                if c.done() {
+                    self.catchup = None;
+                    self.catchup_retry_at = None;
+                    continue;
+                }
+                if let Some(at) = self.catchup_retry_at
+                    && Instant::now() < at
+                {
+                    return Next::Wait;
+                }
+                let mut skipped = Skipped::default();
+                let step = tokio::select! {
+                    s = c.step(&self.sh.dc1, &self.tp.topic, self.tp.partition, &mut skipped) => s,
+                    _ = hard.cancelled() => return Next::Idle,
+                };
+                metrics::counter!("kafka_tee_catchup_skipped_batches_total", "reason" => "aborted")
+                    .increment(skipped.aborted_batches);
+                metrics::counter!("kafka_tee_catchup_skipped_batches_total", "reason" => "control")
+                    .increment(skipped.control_batches);
+                match step {
+                    Ok(Step::Batches(batches)) => {
+                        self.catchup_retry_at = None;
+                        self.catchup_backoff.reset();
+                        for b in batches {
+                            let first = b.base_offset();
+                            let last = first.saturating_add(i64::from(b.last_offset_delta()));
+                            self.ready.push_back(Ready {
+                                first,
+                                last,
+                                batch: b,
+                                budget: 0,
+                                from_dc1: true,
+                            });
+                        }
+                    }
+                    Ok(Step::Wait) => {
+                        self.catchup_retry_at =
+                            Some(Instant::now() + self.catchup_backoff.next_delay());
+                        return Next::Wait;
+                    }
+                    Ok(Step::Lost { from, to, reason }) => self.lost(from, to, &reason),
+                    Err(e) if e.is_retriable() => {
+                        self.warn_limited(&format!("cannot read {} back from DC1: {e}", self.tp));
+                        if e.needs_metadata_refresh() {
+                            let _ = self
+                                .sh
+                                .dc1
+                                .refresh_metadata_coalesced(&[&self.tp.topic])
+                                .await;
+                        }
+                        self.catchup_retry_at = Some(Instant::now() + self.backoff.next_delay());
+                        return Next::Wait;
+                    }
+                    Err(e) => {
+                        let (from, to) = (c.next, c.to);
+                        self.catchup = None;
+                        self.lost(from, to, &format!("cannot read from DC1: {e}"));
+                    }
+                }
+                continue;
+            }
+            match self.queue.pop_front() {
+                None => return Next::Idle,
+                Some(Pending::Gap { from, to }) => {
+                    let start = self.sent_upto.map_or(from, |s| from.max(s + 1));
+                    if start <= to {
+                        metrics::counter!("kafka_tee_catchup_gaps_total").increment(1);
+                        tracing::debug!(partition = %self.tp, from = start, to, "reading gap back from DC1");
+                        self.catchup = Some(CatchUp::new(start, to));
+                        self.catchup_retry_at = None;
+                    }
+                }
+                Some(Pending::Batch {
+                    base_offset,
+                    records,
+                }) => {
+                    let len = records.len();
+                    let batch = match RecordBatch::parse(records) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(
+                                partition = %self.tp, offset = base_offset, error = %e,
+                                "cannot replicate a batch DC1 acknowledged: it is not a valid record batch"
+                            );
+                            metrics::counter!("kafka_tee_invalid_batches_total").increment(1);
+                            self.sh.budget.release(len);
+                            continue;
+                        }
+                    };
+                    let last = base_offset.saturating_add(i64::from(batch.last_offset_delta()));
+                    if self.sent_upto.is_some_and(|s| last <= s) {
+                        self.sh.budget.release(len);
+                        continue;
+                    }
+                    return Next::Ready(Ready {
+                        first: base_offset,
+                        last,
+                        batch,
+                        budget: len,
+                        from_dc1: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Offsets that can never reach DC2: say so loudly, count them, move on.
+    fn lost(&mut self, from: i64, to: i64, reason: &str) {
+        let n = (to - from + 1).max(0) as u64;
+        tracing::error!(
+            partition = %self.tp, from, to, offsets = n, reason,
+            "DATA LOST: offsets acknowledged by DC1 cannot be copied to DC2"
+        );
+        metrics::counter!("kafka_tee_data_lost_records_total").increment(n);
+        self.sent_upto = Some(self.sent_upto.map_or(to, |s| s.max(to)));
+        if self.inflight.is_empty() && self.ready.is_empty() {
+            self.acked = Some(self.acked.map_or(to, |a| a.max(to)));
+            self.publish();
+        }
+    }
+
+    async fn await_front(&mut self) {
+        let hard = self.sh.hard_stop.clone();
+        let ev = {
+            let rx_open = self.rx_open;
+            let input = &mut self.rx;
+            let Some(front) = self.inflight.front_mut() else {
+                return;
+            };
+            let deadline = front.deadline;
+            match front.rx.as_mut() {
+                None => Event::Front(UnitResult::Unknown {
+                    reason: "not sent".into(),
+                    refresh: false,
+                }),
+                Some(rx) => tokio::select! {
+                    r = tokio::time::timeout_at(deadline.into(), rx) => Event::Front(match r {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(_)) => UnitResult::Unknown { reason: "the DC2 sender dropped the batch".into(), refresh: false },
+                        Err(_) => UnitResult::Unknown { reason: "no answer from DC2 in time".into(), refresh: true },
+                    }),
+                    item = input.recv(), if rx_open => Event::Input(item),
+                    _ = hard.cancelled() => Event::Stop,
+                },
+            }
+        };
+        match ev {
+            Event::Stop => {}
+            Event::Input(Some(item)) => self.accept(item),
+            Event::Input(None) => self.rx_open = false,
+            Event::Front(r) => {
+                if let Some(front) = self.inflight.front_mut() {
+                    front.rx = None;
+                }
+                if matches!(r, UnitResult::Acked) {
+                    if let Some(s) = self.inflight.pop_front() {
+                        self.commit(s.ready, s.seq);
+                    }
+                    return;
+                }
+                if let UnitResult::Rejected {
+                    error: ResponseError::OutOfOrderSequenceNumber,
+                    ..
+                } = r
+                {
+                    self.ooo_strikes += 1;
+                }
+                let describe = match &r {
+                    UnitResult::Rejected { error, message } => format!(
+                        "DC2 rejected a batch of {} with {error}{}",
+                        self.tp,
+                        message
+                            .as_deref()
+                            .map(|m| format!(" ({m})"))
+                            .unwrap_or_default()
+                    ),
+                    UnitResult::Unknown { reason, .. } => {
+                        format!("no DC2 answer for a batch of {}: {reason}", self.tp)
+                    }
+                    UnitResult::Acked => String::new(),
+                };
+                let mut results = self.settle().await;
+                if let Some(first) = results.first_mut() {
+                    *first = r;
+                }
+                self.recover(results).await;
+                // When the only problem was a batch dropped for good, nothing waits.
+                if !self.inflight.is_empty() {
+                    self.warn_limited(&describe);
+                    let d = self.backoff.next_delay();
+                    self.pause(d).await;
+                }
+            }
+        }
+    }
+
+    /// Collects the outcome of every batch in the window (waiting for those in flight).
+    async fn settle(&mut self) -> Vec<UnitResult> {
+        let hard = self.sh.hard_stop.clone();
+        let mut out = Vec::with_capacity(self.inflight.len());
+        for s in self.inflight.iter_mut() {
+            let r = match s.rx.take() {
+                None => UnitResult::Unknown {
+                    reason: "not sent".into(),
+                    refresh: false,
+                },
+                Some(rx) => tokio::select! {
+                    r = tokio::time::timeout_at(s.deadline.into(), rx) => match r {
+                        Ok(Ok(r)) => r,
+                        _ => UnitResult::Unknown { reason: "no answer from DC2".into(), refresh: true },
+                    },
+                    _ = hard.cancelled() => UnitResult::Unknown { reason: "stopping".into(), refresh: false },
+                },
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    /// Applies the settled outcomes of the whole window: commits what DC2 has, drops
+    /// what it never will, and leaves the rest to be resent in order.
+    async fn recover(&mut self, results: Vec<UnitResult>) {
+        let classes: Vec<Class> = results.iter().map(classify).collect();
+        // Brokers only accept a batch after the ones before it (sequence check), so a
+        // batch with no answer before an acknowledged one was written.
+        let last_acked = classes.iter().rposition(|c| matches!(c, Class::Acked));
+        let mut refresh = false;
+        let mut renew = self.ooo_strikes >= OOO_STRIKES;
+        let mut invalidate = false;
+        let entries: Vec<Sent> = self.inflight.drain(..).collect();
+        let mut keep = VecDeque::new();
+        for (i, ((mut s, class), result)) in
+            entries.into_iter().zip(classes).zip(results).enumerate()
+        {
+            match &result {
+                UnitResult::Unknown { refresh: r, .. } => refresh |= *r,
+                UnitResult::Rejected { error, .. } => {
+                    metrics::counter!("kafka_tee_dc2_errors_total", "code" => error_code_label(*error))
+                        .increment(1);
+                    refresh |= is_metadata_error(*error);
+                    invalidate |= *error == ResponseError::UnknownTopicOrPartition;
+                }
+                UnitResult::Acked => {}
+            }
+            let class = match class {
+                Class::Resend | Class::Renew if last_acked.is_some_and(|l| i < l) => {
+                    if let UnitResult::Rejected { error, .. } = &result {
+                        tracing::warn!(
+                            partition = %self.tp, offset = s.ready.first, %error,
+                            "DC2 acknowledged a later batch after rejecting this one; treating it as written"
+                        );
+                    }
+                    Class::Acked
+                }
+                c => c,
+            };
+            match class {
+                Class::Acked if keep.is_empty() => self.commit(s.ready, s.seq),
+                Class::Acked | Class::Resend => {
+                    s.rx = None;
+                    keep.push_back(s);
+                }
+                Class::Renew => {
+                    renew = true;
+                    s.rx = None;
+                    keep.push_back(s);
+                }
+                Class::Drop(error, message) => {
+                    let at_front = keep.is_empty();
+                    self.drop_batch(s.ready, error, message, at_front);
+                }
+            }
+        }
+        self.inflight = keep;
+        self.leader = None;
+        if renew && let Some(stale) = self.ident {
+            match self.sh.identity.renew(&self.sh.dc2, stale.generation).await {
+                Ok(id) => {
+                    tracing::warn!(
+                        partition = %self.tp, producer_id = id.producer_id, epoch = id.epoch,
+                        "DC2 lost track of the replicator's producer; continuing with a new producer id"
+                    );
+                    self.ident = Some(id);
+                    self.acked_seq = 0;
+                    self.ooo_strikes = 0;
+                }
+                Err(e) => self.warn_limited(&format!("cannot renew the DC2 producer id: {e}")),
+            }
+        }
+        self.renumber();
+        if refresh {
+            let _ = self
+                .sh
+                .dc2
+                .refresh_metadata_coalesced(&[&self.dc2_topic])
+                .await;
+        }
+        if invalidate {
+            self.gate.invalidate().await;
+            self.status = None;
+        }
+    }
+
+    fn commit(&mut self, ready: Ready, seq: i32) {
+        self.acked_seq = add_seq(seq, ready.span());
+        self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
+        self.sh.budget.release(ready.budget);
+        metrics::counter!("kafka_tee_replicated_batches_total").increment(1);
+        metrics::counter!("kafka_tee_replicated_records_total")
+            .increment(ready.batch.record_count().max(0) as u64);
+        metrics::counter!("kafka_tee_replicated_bytes_total").increment(ready.batch.len() as u64);
+        if ready.from_dc1 {
+            metrics::counter!("kafka_tee_catchup_batches_total").increment(1);
+        }
+        self.ooo_strikes = 0;
+        self.backoff.reset();
+        self.publish();
+    }
+
+    fn drop_batch(
+        &mut self,
+        ready: Ready,
+        error: ResponseError,
+        message: Option<String>,
+        at_front: bool,
+    ) {
+        tracing::error!(
+            topic = %self.tp.topic, partition = self.tp.partition,
+            from = ready.first, to = ready.last, %error,
+            message = message.as_deref().unwrap_or(""),
+            "DC2 refused a batch for good; it is dropped (not in DC2)"
+        );
+        let code = error_code_label(error);
+        metrics::counter!("kafka_tee_dropped_batches_total", "code" => code.clone()).increment(1);
+        metrics::counter!("kafka_tee_dropped_records_total", "code" => code)
+            .increment(ready.batch.record_count().max(0) as u64);
+        self.sh.budget.release(ready.budget);
+        if at_front {
+            self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
+            self.publish();
+        }
+    }
+
+    /// Records progress for the checkpoint and waiters.
+    fn publish(&mut self) {
+        if let (Some(offset), Some(id)) = (self.acked, self.ident) {
+            self.sh.progress.insert(
+                self.tp.clone(),
+                Progress {
+                    offset,
+                    producer_id: id.producer_id,
+                    producer_epoch: id.epoch,
+                    next_sequence: self.acked_seq,
+                },
+            );
+            self.sh.progress_changed();
+        }
+        self.update_lag();
+    }
+
+    fn update_lag(&mut self) {
+        let Some(pushed) = self.pushed_upto else {
+            return;
+        };
+        let Some(base) = self.acked.or(self.lag_base) else {
+            return;
+        };
+        let lag = (pushed - base).max(0);
+        let delta = lag - self.lag_reported;
+        if delta != 0 {
+            let g = metrics::gauge!("kafka_tee_replication_lag_records", "topic" => self.tp.topic.to_string());
+            if delta > 0 {
+                g.increment(delta as f64);
+            } else {
+                g.decrement((-delta) as f64);
+            }
+            self.lag_reported = lag;
+        }
+    }
+
+    /// Sleeps for `d` while still taking in new items.
+    async fn pause(&mut self, d: Duration) {
+        self.pause_until(Instant::now() + d).await;
+    }
+
+    async fn pause_until(&mut self, until: Instant) {
+        let hard = self.sh.hard_stop.clone();
+        let draining = self.sh.draining.clone();
+        loop {
+            // A held topic cannot flush anything: on shutdown it stops waiting at once.
+            let stop_on_drain = self.is_held() && !draining.is_cancelled();
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => return,
+                item = self.rx.recv(), if self.rx_open => match item {
+                    Some(i) => self.accept(i),
+                    None => self.rx_open = false,
+                },
+                _ = draining.cancelled(), if stop_on_drain => return,
+                _ = hard.cancelled() => return,
+            }
+        }
+    }
+
+    /// Waits for something to do.
+    async fn idle(&mut self) {
+        let hard = self.sh.hard_stop.clone();
+        let draining = self.sh.draining.clone();
+        tokio::select! {
+            item = self.rx.recv(), if self.rx_open => match item {
+                Some(i) => self.accept(i),
+                None => self.rx_open = false,
+            },
+            // Wakes up once so the run loop sees the drain and checks `finished`.
+            _ = draining.cancelled(), if !draining.is_cancelled() => {}
+            _ = hard.cancelled() => {}
+        }
+    }
+
+    fn warn_limited(&mut self, what: &str) {
+        let now = Instant::now();
+        if self
+            .last_warn
+            .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
+        {
+            tracing::warn!(partition = %self.tp, "{what}; retrying");
+            self.last_warn = Some(now);
+        } else {
+            tracing::debug!(partition = %self.tp, "{what}; retrying");
+        }
+    }
+
+    /// Frees every budget byte still held; the worker is stopping.
+    fn release_all(&mut self) {
+        let mut released = self.queue.clear();
+        released += self.ready.drain(..).map(|r| r.budget).sum::<usize>();
+        released += self
+            .inflight
+            .drain(..)
+            .map(|s| s.ready.budget)
+            .sum::<usize>();
+        self.sh.budget.release(released);
+        if self.lag_reported != 0 {
+            metrics::gauge!("kafka_tee_replication_lag_records", "topic" => self.tp.topic.to_string())
+                .decrement(self.lag_reported as f64);
+            self.lag_reported = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_wrap_like_kafka() {
+        assert_eq!(add_seq(0, 5), 5);
+        assert_eq!(add_seq(i32::MAX - 2, 2), i32::MAX);
+        assert_eq!(add_seq(i32::MAX - 2, 3), 0);
+        assert_eq!(add_seq(i32::MAX, 1), 0);
+        assert_eq!(add_seq(i32::MAX, 10), 9);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let rej = |error| UnitResult::Rejected {
+            error,
+            message: None,
+        };
+        assert!(matches!(classify(&UnitResult::Acked), Class::Acked));
+        assert!(matches!(
+            classify(&rej(ResponseError::NotLeaderOrFollower)),
+            Class::Resend
+        ));
+        assert!(matches!(
+            classify(&rej(ResponseError::OutOfOrderSequenceNumber)),
+            Class::Resend
+        ));
+        assert!(matches!(
+            classify(&rej(ResponseError::UnknownProducerId)),
+            Class::Renew
+        ));
+        assert!(matches!(
+            classify(&rej(ResponseError::MessageTooLarge)),
+            Class::Drop(..)
+        ));
+        assert!(matches!(
+            classify(&rej(ResponseError::TopicAuthorizationFailed)),
+            Class::Drop(..)
+        ));
+        assert!(matches!(
+            classify(&UnitResult::Unknown {
+                reason: String::new(),
+                refresh: true
+            }),
+            Class::Resend
+        ));
+    }
+}
