@@ -48,6 +48,9 @@ pub struct ProxyConfig {
     pub connect_timeout_ms: u64,
     /// A client connection with no request and nothing in flight for this long is closed.
     pub idle_timeout_ms: u64,
+    /// A request whose bytes stop arriving mid-frame for this long closes the
+    /// connection, in milliseconds.
+    pub frame_read_timeout_ms: u64,
     /// Grace period on SIGINT/SIGTERM for in-flight requests and the replicator, in ms.
     pub shutdown_grace_ms: u64,
 }
@@ -64,6 +67,7 @@ impl Default for ProxyConfig {
             max_in_flight: 512,
             connect_timeout_ms: 10_000,
             idle_timeout_ms: 600_000,
+            frame_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
         }
     }

@@ -74,6 +74,52 @@ fn tls_hint(prefix: &[u8; 4]) -> &'static str {
     }
 }
 
+/// A cancel-safe frame decoder for `tokio_util::codec::FramedRead`: partial frames
+/// stay in the reader's buffer across cancelled reads (timeouts, shutdown), and reads
+/// fill a buffer so pipelined small frames cost one syscall, not two each.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    pub max: usize,
+}
+
+impl tokio_util::codec::Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let Some(prefix) = src.get(..4) else {
+            return Ok(None);
+        };
+        let prefix: [u8; 4] = [prefix[0], prefix[1], prefix[2], prefix[3]];
+        let size = i32::from_be_bytes(prefix);
+        if size < 0 {
+            return Err(FrameError::NegativeSize(size));
+        }
+        let size = size as usize;
+        if size > self.max {
+            return Err(FrameError::TooLarge {
+                size,
+                max: self.max,
+                hint: tls_hint(&prefix),
+            });
+        }
+        if src.len() < 4 + size {
+            src.reserve(4 + size - src.len());
+            return Ok(None);
+        }
+        bytes::Buf::advance(src, 4);
+        Ok(Some(src.split_to(size).freeze()))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated),
+        }
+    }
+}
+
 /// Writes one frame: the length prefix then the body, without flushing.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
     let len = i32::try_from(body.len())
@@ -134,7 +180,33 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn codec_splits_pipelined_frames_and_waits_for_partial_ones() {
+        use tokio_util::codec::Decoder;
+        let mut codec = FrameCodec { max: 100 };
+        let mut buf = BytesMut::from(&b"\0\0\0\x02ab\0\0\0\x03cd"[..]);
+        assert_eq!(&codec.decode(&mut buf).expect("ok").expect("frame")[..], b"ab");
+        assert!(codec.decode(&mut buf).expect("ok").is_none());
+        buf.extend_from_slice(b"e");
+        assert_eq!(&codec.decode(&mut buf).expect("ok").expect("frame")[..], b"cde");
+        let mut partial = BytesMut::from(&b"\0\0\0\x09abc"[..]);
+        assert!(matches!(codec.decode_eof(&mut partial), Err(FrameError::Truncated)));
+        let mut hello = BytesMut::from(&[0x16u8, 3, 1, 2, 0][..]);
+        let err = codec.decode(&mut hello).unwrap_err();
+        assert!(err.to_string().contains("TLS/plaintext mismatch"), "{err}");
+    }
+
     proptest! {
+        #[test]
+        fn codec_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            use tokio_util::codec::Decoder;
+            let mut codec = FrameCodec { max: 256 };
+            let mut buf = BytesMut::from(&data[..]);
+            for _ in 0..64 {
+                match codec.decode(&mut buf) { Ok(Some(_)) => {}, _ => break }
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut r = &data[..];

@@ -5,5 +5,5 @@ pub mod header;
 pub mod produce;
 pub mod versions;
 
-pub use frame::{FrameError, read_frame, write_frame};
+pub use frame::{FrameCodec, FrameError, read_frame, write_frame};
 pub use header::{RequestHeaderPeek, peek_request_header, peek_response_correlation_id};

@@ -6,8 +6,9 @@
 //! will need in the in-flight FIFO (a bounded channel, so a client that pipelines more
 //! than `max_in_flight` requests is paused, not buffered), and forwards the frame. The
 //! response half takes the FIFO head, reads the matching response, checks its
-//! correlation id, processes it and writes it to the client. A Produce with acks=0 has
-//! no response and never enters the FIFO unless the tee turned it into acks=1.
+//! correlation id, processes it and writes it to the client. A Produce with acks=0 is
+//! sent as acks=1 and its response is consumed by the proxy (see `classify`), so every
+//! request forwarded has exactly one response.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +19,15 @@ use kafka_protocol::messages::{ApiKey, EndTxnRequest, EndTxnResponse, ProduceRes
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::protocol::header::{DecodeError, guarded_decode, split_request, split_response};
 use crate::protocol::produce::{parse_produce_request, with_acks};
 use crate::protocol::{
-    FrameError, peek_request_header, peek_response_correlation_id, read_frame, write_frame,
+    FrameCodec, FrameError, peek_request_header, peek_response_correlation_id, write_frame,
 };
 use crate::proxy::rewrite::{self, AddressMap};
 use crate::proxy::{Router, Upstream};
@@ -97,6 +100,9 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let result = serve(client, &upstream, &ctx).await;
+    if let Err(SessionError::Connect(_)) = &result {
+        metrics::counter!("kafka_tee_dc1_connect_failures_total").increment(1);
+    }
     match result {
         Ok(()) => tracing::debug!(%peer, "session closed"),
         Err(e) if e.is_routine() => tracing::debug!(%peer, "session closed: {e}"),
@@ -166,7 +172,7 @@ async fn connect(
 }
 
 async fn forward_requests<R, W>(
-    mut client: R,
+    client: R,
     mut upstream: W,
     fifo: mpsc::Sender<InFlight>,
     ctx: &SessionContext,
@@ -176,24 +182,34 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let max = ctx.config.proxy.max_frame_bytes;
+    let codec = FrameCodec {
+        max: ctx.config.proxy.max_frame_bytes,
+    };
+    let mut frames = FramedRead::with_capacity(client, codec, READ_BUFFER);
     let idle = Duration::from_millis(ctx.config.proxy.idle_timeout_ms);
+    let stalled = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
     let up_err = |e: std::io::Error| SessionError::Upstream {
         addr: addr.to_owned(),
         message: format!("write failed: {e}"),
     };
     loop {
+        // A frame half read waits `stalled` at most; between frames, `idle`.
+        let partial = !frames.read_buffer().is_empty();
+        let wait = if partial { stalled } else { idle };
         let frame = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(idle, read_frame(&mut client, max)) => match r {
+            r = tokio::time::timeout(wait, frames.next()) => match r {
+                Err(_) if partial => {
+                    return Err(SessionError::Client(format!("request bytes stopped arriving mid-frame for {wait:?}, closing")));
+                }
                 Err(_) if fifo.capacity() == fifo.max_capacity() => {
                     return Err(SessionError::Client(format!("idle for {idle:?}, closing")));
                 }
                 Err(_) => continue,
-                Ok(Err(FrameError::Closed)) => return Ok(()),
-                Ok(Err(e)) => return Err(SessionError::ClientFrame(e)),
-                Ok(Ok(f)) => f,
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(SessionError::ClientFrame(e)),
+                Ok(Some(Ok(f))) => f,
             },
         };
         let Some(peek) = peek_request_header(&frame) else {
@@ -206,14 +222,29 @@ where
         metrics::counter!("kafka_tee_requests_total", "api" => api_name(key)).increment(1);
         metrics::counter!("kafka_tee_client_bytes_in_total").increment(frame.len() as u64 + 4);
         let (frame, inflight) = classify(frame, peek.api_version, peek.correlation_id, key, ctx)?;
-        if let Some(entry) = inflight {
-            // Enqueued before the frame goes out, so the response half always finds it.
-            if fifo.send(entry).await.is_err() {
-                return Ok(());
-            }
+        // Enqueued before the frame goes out, so the response half always finds it.
+        if fifo.send(inflight).await.is_err() {
+            return Ok(());
         }
         write_frame(&mut upstream, &frame).await.map_err(up_err)?;
-        upstream.flush().await.map_err(up_err)?;
+        // Pipelined requests already read share one write; otherwise send now.
+        if !has_complete_frame(frames.read_buffer()) {
+            upstream.flush().await.map_err(up_err)?;
+        }
+    }
+}
+
+/// Size of the buffer each connection reads into.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Whether `buf` starts with a whole frame (so more data is ready without waiting).
+fn has_complete_frame(buf: &[u8]) -> bool {
+    match buf.get(..4) {
+        Some(p) => {
+            let size = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+            size >= 0 && buf.len() >= 4 + size as usize
+        }
+        None => false,
     }
 }
 
@@ -225,7 +256,7 @@ fn classify(
     correlation_id: i32,
     key: Option<ApiKey>,
     ctx: &SessionContext,
-) -> Result<(Bytes, Option<InFlight>), SessionError> {
+) -> Result<(Bytes, InFlight), SessionError> {
     let mut entry = InFlight {
         correlation_id,
         key,
@@ -236,6 +267,7 @@ fn classify(
     };
     match key {
         Some(ApiKey::Produce) => {
+            let mut frame = frame;
             let view = match parse_produce_request(&frame) {
                 Ok(v) => v,
                 // Without the tee an unreadable request is the broker's to judge; with
@@ -245,24 +277,19 @@ fn classify(
                         "refusing Produce request: {e}"
                     )));
                 }
-                Err(_) => return Ok((frame, Some(entry))),
+                Err(_) => return Ok((frame, entry)),
             };
-            let Some(capture) = &ctx.capture else {
-                return Ok((frame, (view.acks != 0).then_some(entry)));
-            };
-            let ticket = capture.on_request(&view);
-            let mut frame = frame;
             if view.acks == 0 {
-                if ticket.is_none() {
-                    return Ok((frame, None));
-                }
-                // acks=0 data must reach DC2 too: ask DC1 for an ack and keep it.
+                // acks=0 goes to DC1 as acks=1 and the proxy keeps the answer: the tee
+                // learns the offsets, and the in-flight FIFO stays exact even with
+                // brokers that answer acks=0 requests anyway.
                 frame = with_acks(&frame, view.acks_offset, 1)
                     .ok_or_else(|| SessionError::Client("acks field out of range".into()))?;
                 entry.swallow = true;
             }
+            let ticket = ctx.capture.as_ref().and_then(|c| c.on_request(&view));
             entry.action = Action::Produce(ticket);
-            Ok((frame, Some(entry)))
+            Ok((frame, entry))
         }
         Some(ApiKey::EndTxn) if ctx.capture.is_some() => {
             let (_, mut body) = split_request(ApiKey::EndTxn, &frame).map_err(client_decode)?;
@@ -272,9 +299,9 @@ fn classify(
                 producer_id: req.producer_id.0,
                 committed: req.committed,
             };
-            Ok((frame, Some(entry)))
+            Ok((frame, entry))
         }
-        _ => Ok((frame, Some(entry))),
+        _ => Ok((frame, entry)),
     }
 }
 
@@ -283,7 +310,7 @@ fn client_decode(e: DecodeError) -> SessionError {
 }
 
 async fn forward_responses<R, W>(
-    mut upstream: R,
+    upstream: R,
     mut client: W,
     mut fifo: mpsc::Receiver<InFlight>,
     ctx: &SessionContext,
@@ -293,19 +320,23 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let max = ctx.config.proxy.max_frame_bytes;
+    let codec = FrameCodec {
+        max: ctx.config.proxy.max_frame_bytes,
+    };
+    let mut frames = FramedRead::with_capacity(upstream, codec, READ_BUFFER);
     let dc1 = |message: String| SessionError::Upstream {
         addr: addr.to_owned(),
         message,
     };
+    let frame_err = |source| SessionError::UpstreamFrame {
+        addr: addr.to_owned(),
+        source,
+    };
     while let Some(entry) = fifo.recv().await {
-        let frame =
-            read_frame(&mut upstream, max)
-                .await
-                .map_err(|source| SessionError::UpstreamFrame {
-                    addr: addr.to_owned(),
-                    source,
-                })?;
+        let frame = match frames.next().await {
+            Some(r) => r.map_err(frame_err)?,
+            None => return Err(frame_err(FrameError::Closed)),
+        };
         match peek_response_correlation_id(&frame) {
             Some(id) if id == entry.correlation_id => {}
             other => {
@@ -326,9 +357,9 @@ where
         write_frame(&mut client, &frame)
             .await
             .map_err(|e| SessionError::Client(e.to_string()))?;
-        // Flush only when no further response is already owed and queued; this lets
-        // pipelined responses share a write.
-        if fifo.is_empty() {
+        // Responses already read share one write; a response is never held back
+        // waiting for a later one (a long-polling Fetch may follow it).
+        if !has_complete_frame(frames.read_buffer()) {
             client
                 .flush()
                 .await
