@@ -76,6 +76,11 @@ impl Broker {
             .local_addr()
             .expect("addr")
             .port();
+        Self::start_on(cluster, port)
+    }
+
+    /// Starts on a given port (a restart of a broker that was stopped).
+    fn start_on(cluster: &str, port: u16) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args([
@@ -100,6 +105,15 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, addr }
+    }
+}
+
+impl Broker {
+    fn port(&self) -> u16 {
+        self.addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("port")
     }
 }
 
@@ -500,6 +514,156 @@ async fn partition_count_mismatch_holds_the_topic() {
         report.problems.iter().any(|p| p.contains("partitions")),
         "{report:?}"
     );
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Produces three transactions to partition 0 with confluent-kafka: committed,
+/// aborted, committed.
+fn produce_transactions(bootstrap: &str, topic: &str) {
+    let script = r#"
+import sys
+from confluent_kafka import Producer
+bs, topic = sys.argv[1], sys.argv[2]
+p = Producer({'bootstrap.servers': bs, 'transactional.id': 'kafka-tee-test-tx', 'linger.ms': 5})
+p.init_transactions(20)
+def txn(prefix, n, commit):
+    p.begin_transaction()
+    for i in range(n):
+        p.produce(topic, key=f'{prefix}-k{i}', value=f'{prefix}-v{i}', partition=0,
+                  headers=[('h', prefix.encode())])
+    p.flush(20)
+    if commit:
+        p.commit_transaction(20)
+    else:
+        p.abort_transaction(20)
+txn('c1', 3, True)
+txn('ab', 4, False)
+txn('c2', 2, True)
+"#;
+    let mut last_err = String::new();
+    for python in ["python3", "python"] {
+        match Command::new(python)
+            .args(["-c", script, bootstrap, topic])
+            .output()
+        {
+            Ok(out) if out.status.success() => return,
+            Ok(out) => last_err = String::from_utf8_lossy(&out.stderr).to_string(),
+            Err(e) => last_err = e.to_string(),
+        }
+    }
+    panic!("producing transactions with confluent-kafka failed: {last_err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_with_transactions_copy_only_committed_data() {
+    init_logging();
+    let dc1 = Broker::start("dc1t");
+    let dc2 = Broker::start("dc2t");
+    let state = tempdir("txn");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    src.create_topic("payments", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    produce_transactions(&dc1.addr, "payments");
+    let dc1_batches = read_batches(&src, "payments", 0).await;
+    assert!(dc1_batches.iter().any(|b| b.is_control()), "markers in DC1");
+    let last_data = dc1_batches
+        .iter()
+        .filter(|b| !b.is_control())
+        .map(|b| b.base_offset() + i64::from(b.last_offset_delta()))
+        .max()
+        .expect("data");
+    let end = dc1_batches
+        .iter()
+        .map(|b| b.base_offset() + i64::from(b.last_offset_delta()))
+        .max()
+        .expect("batches");
+
+    let budget = Arc::new(Budget::new(1 << 20));
+    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("start");
+    let tp = TopicPartition {
+        topic: Arc::from("payments"),
+        partition: 0,
+    };
+    // The whole partition is a gap (say the transactions outlived the capture).
+    rep.handle()
+        .push(tp.clone(), Pending::Gap { from: 0, to: end });
+    assert!(
+        rep.handle()
+            .wait_replicated(&tp, last_data, Duration::from_secs(30))
+            .await,
+        "transactions not replicated"
+    );
+    let got = read_batches(&dst, "dc1.payments", 0).await;
+    assert!(got.iter().all(|b| !b.is_transactional() && !b.is_control()));
+    let values: Vec<String> = kafka_tee::verify::read_partition(&dst, "dc1.payments", 0)
+        .await
+        .expect("read DC2")
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(&r.value.expect("value")).to_string())
+        .collect();
+    assert_eq!(values, ["c1-v0", "c1-v1", "c1-v2", "c2-v0", "c2-v1"]);
+    let report = verify(&dc1, &dc2, "payments").await;
+    assert!(report.identical(), "{report:?}");
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dc2_restart_is_survived() {
+    init_logging();
+    let dc1 = Broker::start("dc1r");
+    let mut dc2 = Broker::start("dc2r");
+    let state = tempdir("restart");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    src.create_topic("clicks", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    let budget = Arc::new(Budget::new(1 << 20));
+    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("start");
+    let h = rep.handle();
+    let tp = TopicPartition {
+        topic: Arc::from("clicks"),
+        partition: 0,
+    };
+    let b1 = batch("r1", 2, Compression::Snappy);
+    let o1 = produce(&src, "clicks", 0, &b1).await;
+    push_batch(&h, &budget, &tp, o1, &b1);
+    assert!(
+        h.wait_replicated(&tp, last_offset(o1, &b1), Duration::from_secs(30))
+            .await
+    );
+
+    // DC2 goes away (and comes back empty: in-memory storage). Batches pushed while
+    // it is down are retried until it is back; the topic is created again and the
+    // replicator gets a new producer id.
+    let port = dc2.port();
+    drop(dc2);
+    let b2 = batch("r2", 3, Compression::Lz4);
+    let b3 = batch("r3", 1, Compression::None);
+    let o2 = produce(&src, "clicks", 0, &b2).await;
+    let o3 = produce(&src, "clicks", 0, &b3).await;
+    push_batch(&h, &budget, &tp, o2, &b2);
+    push_batch(&h, &budget, &tp, o3, &b3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.replicated_offset(&tp) < Some(o2));
+    dc2 = Broker::start_on("dc2r", port);
+    assert!(
+        h.wait_replicated(&tp, last_offset(o3, &b3), Duration::from_secs(60))
+            .await,
+        "not replicated after DC2 came back"
+    );
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    let got = read_batches(&dst, "dc1.clicks", 0).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|b| &b.bytes()[HEADER_LEN..]).collect();
+    assert_eq!(payloads, vec![&b2[HEADER_LEN..], &b3[HEADER_LEN..]]);
+    assert_eq!(budget.used(), 0);
     rep.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state);
 }

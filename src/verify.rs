@@ -285,7 +285,21 @@ pub async fn read_partition(
             if last < offset {
                 continue;
             }
-            let keep = txns.classify(&batch) == Committed::Keep;
+            let mut class = txns.classify(&batch);
+            if let Committed::Undecided { producer_id } = class {
+                match client
+                    .find_txn_marker(topic, partition, producer_id, batch.base_offset())
+                    .await?
+                {
+                    Some((marker, committed)) => {
+                        txns.learn(producer_id, marker, committed);
+                        class = txns.classify(&batch);
+                    }
+                    // An open transaction: the partition ends here for a committed read.
+                    None => return Ok(out),
+                }
+            }
+            let keep = matches!(class, Committed::Keep | Committed::Undecided { .. });
             if keep {
                 for r in decode(batch.bytes(), client.cluster())? {
                     if r.offset >= offset {

@@ -16,6 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Client, ClientError, check};
+use crate::tee::batch::{CONTROL_COMMIT, split_batches};
 
 /// Fetch isolation: read_committed stops at the last stable offset and reports the
 /// aborted transactions in the returned range.
@@ -122,6 +123,60 @@ impl Client {
                 .collect(),
             records: data.records.unwrap_or_default(),
         })
+    }
+
+    /// Reads ahead from `from` to the next transaction marker of `producer_id` and
+    /// returns its offset and whether it commits; `None` when the partition has no
+    /// such marker yet (the transaction is still open). Batches are only looked at,
+    /// not kept, so memory stays bounded however long the transaction.
+    pub async fn find_txn_marker(
+        &self,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        from: i64,
+    ) -> Result<Option<(i64, bool)>, ClientError> {
+        let mut offset = from;
+        let mut max_bytes: i32 = 1024 * 1024;
+        loop {
+            let f = self
+                .fetch(
+                    topic,
+                    partition,
+                    offset,
+                    max_bytes,
+                    Duration::from_millis(50),
+                    IsolationLevel::ReadUncommitted,
+                )
+                .await?;
+            let had_bytes = !f.records.is_empty();
+            let before = offset;
+            for b in split_batches(f.records) {
+                let b = b.map_err(|e| ClientError::Protocol {
+                    cluster: self.cluster(),
+                    broker: -1,
+                    message: format!("{topic}-{partition} at offset {offset}: {e}"),
+                })?;
+                let last = b.base_offset() + i64::from(b.last_offset_delta());
+                if last < offset {
+                    continue;
+                }
+                offset = last + 1;
+                if b.is_control() && b.producer_id() == producer_id {
+                    return Ok(Some((
+                        b.base_offset(),
+                        b.control_type() == Some(CONTROL_COMMIT),
+                    )));
+                }
+            }
+            if offset == before {
+                if had_bytes && max_bytes < 64 * 1024 * 1024 {
+                    max_bytes = max_bytes.saturating_mul(2);
+                    continue;
+                }
+                return Ok(None);
+            }
+        }
     }
 
     /// The offset for `timestamp` ([`EARLIEST`], [`LATEST`] or a time in ms).

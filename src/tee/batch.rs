@@ -358,18 +358,31 @@ pub enum Committed {
     Control,
     /// Part of an aborted transaction.
     Aborted,
+    /// Transactional data whose outcome is not known yet: find the producer's next
+    /// marker ([`RecordBatch::control_type`]) and report it with
+    /// [`TxnFilter::learn`].
+    Undecided { producer_id: i64 },
 }
 
-/// Tells committed batches from aborted ones while reading a partition in order, from
-/// the `aborted_transactions` lists of read_committed Fetch responses (the algorithm
-/// Kafka consumers use): from an aborted transaction's first offset on, that
-/// producer's transactional batches are skipped until its marker.
+/// Control record types (the key of the single record in a control batch).
+pub const CONTROL_ABORT: i16 = 0;
+pub const CONTROL_COMMIT: i16 = 1;
+
+/// Tells committed batches from aborted ones while reading a partition in order.
+///
+/// Kafka brokers list the aborted transactions in read_committed Fetch responses
+/// (consumers skip a producer's transactional batches from an aborted transaction's
+/// first offset to its marker). Tansu 0.6 never fills that list, so a transactional
+/// batch the list does not mark as aborted stays undecided until the caller has read
+/// ahead to the producer's marker and told the filter what it says.
 #[derive(Debug, Default)]
 pub struct TxnFilter {
     /// Aborted transactions not reached yet: (first offset, producer id).
     ahead: std::collections::BTreeSet<(i64, i64)>,
     /// Producers inside an aborted transaction.
     aborted: std::collections::HashSet<i64>,
+    /// Producer id -> (offset of its next marker, committed?) learned by reading ahead.
+    decided: std::collections::HashMap<i64, (i64, bool)>,
 }
 
 impl TxnFilter {
@@ -380,24 +393,64 @@ impl TxnFilter {
         }
     }
 
-    /// Classifies the next batch (batches must come in offset order).
+    /// Records the outcome of `producer_id`'s open transaction: its marker is at
+    /// `marker_offset`.
+    pub fn learn(&mut self, producer_id: i64, marker_offset: i64, committed: bool) {
+        self.decided.insert(producer_id, (marker_offset, committed));
+    }
+
+    /// Classifies the next batch (batches must come in offset order). An `Undecided`
+    /// batch may be classified again after `learn`.
     pub fn classify(&mut self, batch: &RecordBatch) -> Committed {
         let base = batch.base_offset();
-        while let Some(&(first, pid)) = self.ahead.first() {
+        let pid = batch.producer_id();
+        while let Some(&(first, p)) = self.ahead.first() {
             if first > base {
                 break;
             }
             self.ahead.pop_first();
-            self.aborted.insert(pid);
+            self.aborted.insert(p);
         }
         if batch.is_control() {
-            self.aborted.remove(&batch.producer_id());
+            self.aborted.remove(&pid);
+            if self.decided.get(&pid).is_some_and(|(m, _)| *m <= base) {
+                self.decided.remove(&pid);
+            }
             return Committed::Control;
         }
-        if batch.is_transactional() && self.aborted.contains(&batch.producer_id()) {
+        if !batch.is_transactional() {
+            return Committed::Keep;
+        }
+        if self.aborted.contains(&pid) {
             return Committed::Aborted;
         }
-        Committed::Keep
+        match self.decided.get(&pid) {
+            Some((marker, committed)) if base < *marker => {
+                if *committed {
+                    Committed::Keep
+                } else {
+                    Committed::Aborted
+                }
+            }
+            _ => Committed::Undecided { producer_id: pid },
+        }
+    }
+}
+
+impl RecordBatch {
+    /// The control record type of a control batch ([`CONTROL_ABORT`],
+    /// [`CONTROL_COMMIT`]); `None` for other batches or an unreadable marker.
+    pub fn control_type(&self) -> Option<i16> {
+        if !self.is_control() {
+            return None;
+        }
+        let mut buf = self.bytes.clone();
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
+        }));
+        let set = decoded.ok()?.ok()?;
+        let key = set.records.first()?.key.as_ref()?;
+        Some(i16::from_be_bytes([*key.get(2)?, *key.get(3)?]))
     }
 }
 
@@ -602,22 +655,54 @@ mod tests {
     #[test]
     fn txn_filter_skips_aborted_transactions_only() {
         let mut f = TxnFilter::default();
-        // Producer 7 aborted a transaction starting at offset 1; producer 8 committed.
+        // Producer 7 aborted a transaction starting at offset 1 (the broker says so).
         f.observe(&[(7, 1)]);
         assert_eq!(f.classify(&txn_batch(0, 7, false, false)), Committed::Keep);
         assert_eq!(
             f.classify(&txn_batch(1, 7, true, false)),
             Committed::Aborted
         );
-        assert_eq!(f.classify(&txn_batch(2, 8, true, false)), Committed::Keep);
+        // Producer 8's outcome is not in the list: it must be looked up.
+        let b8 = txn_batch(2, 8, true, false);
+        assert_eq!(f.classify(&b8), Committed::Undecided { producer_id: 8 });
+        f.learn(8, 6, true);
+        assert_eq!(f.classify(&b8), Committed::Keep);
         assert_eq!(
             f.classify(&txn_batch(3, 7, true, false)),
             Committed::Aborted
         );
         assert_eq!(f.classify(&txn_batch(4, 7, true, true)), Committed::Control);
-        // After its abort marker, producer 7's next transaction is kept.
-        assert_eq!(f.classify(&txn_batch(5, 7, true, false)), Committed::Keep);
+        // After its abort marker, producer 7's next transaction is undecided again.
+        assert_eq!(
+            f.classify(&txn_batch(5, 7, true, false)),
+            Committed::Undecided { producer_id: 7 }
+        );
         assert_eq!(f.classify(&txn_batch(6, 8, true, true)), Committed::Control);
+        // A learned abort skips the batches before the marker.
+        f.learn(8, 9, false);
+        assert_eq!(
+            f.classify(&txn_batch(7, 8, true, false)),
+            Committed::Aborted
+        );
+        assert_eq!(f.classify(&txn_batch(9, 8, true, true)), Committed::Control);
+        assert_eq!(
+            f.classify(&txn_batch(10, 8, true, false)),
+            Committed::Undecided { producer_id: 8 }
+        );
+    }
+
+    #[test]
+    fn control_type_is_read_from_the_marker() {
+        let mut r = records(1, true).remove(0);
+        r.control = true;
+        r.key = Some(Bytes::from_static(&[0, 0, 0, 1]));
+        r.value = Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0]));
+        r.sequence = 0;
+        let b = RecordBatch::parse(encode(&[r], Compression::None)).expect("parse");
+        assert_eq!(b.control_type(), Some(CONTROL_COMMIT));
+        let plain =
+            RecordBatch::parse(encode(&records(1, false), Compression::None)).expect("parse");
+        assert_eq!(plain.control_type(), None);
     }
 
     proptest! {

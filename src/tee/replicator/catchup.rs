@@ -1,9 +1,10 @@
 //! Reading a range of offsets back from DC1 (a gap: acknowledged by DC1 but not held in
 //! memory). Batches come back raw, exactly as DC1 stores them, and are replayed in
 //! order. Only committed data goes on: the fetch is read_committed (it stops at the
-//! last stable offset) and batches of aborted transactions are skipped using the
-//! response's aborted-transaction list, as Kafka consumers do. Control batches
-//! (transaction markers) are never copied: DC2 gets plain batches.
+//! last stable offset) and batches of aborted transactions are skipped, using the
+//! response's aborted-transaction list as Kafka consumers do or, when the broker does
+//! not fill that list (Tansu), the transaction's marker found by reading ahead.
+//! Control batches (transaction markers) are never copied: DC2 gets plain batches.
 
 use std::time::Duration;
 
@@ -105,6 +106,7 @@ impl CatchUp {
         let had_bytes = !f.records.is_empty();
         let start = self.next;
         let mut out = Vec::new();
+        let mut open_txn = false;
         for item in split_batches(f.records) {
             let batch = match item {
                 Ok(b) => b,
@@ -127,9 +129,35 @@ impl CatchUp {
                 self.next = self.to + 1;
                 break;
             }
+            let mut class = self.txns.classify(&batch);
+            if let Committed::Undecided { producer_id } = class {
+                match dc1
+                    .find_txn_marker(topic, partition, producer_id, base)
+                    .await?
+                {
+                    Some((marker, committed)) => {
+                        self.txns.learn(producer_id, marker, committed);
+                        class = self.txns.classify(&batch);
+                    }
+                    // Still open: nothing past this batch is stable yet.
+                    None => {
+                        open_txn = true;
+                        break;
+                    }
+                }
+            }
             self.next = last + 1;
-            match self.txns.classify(&batch) {
+            match class {
                 Committed::Keep => {}
+                Committed::Undecided { .. } => {
+                    // The marker did not settle it (a broken log): keep the data.
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        offset = base,
+                        "transaction outcome unknown; copying the batch"
+                    );
+                }
                 Committed::Control => {
                     skipped.control_batches += 1;
                     continue;
@@ -145,7 +173,7 @@ impl CatchUp {
             self.max_bytes = START_MAX_BYTES;
             return Ok(Step::Batches(out));
         }
-        if had_bytes && self.max_bytes < LIMIT_MAX_BYTES {
+        if had_bytes && !open_txn && self.max_bytes < LIMIT_MAX_BYTES {
             // Only part of one batch came back: ask for more next time.
             self.max_bytes = self.max_bytes.saturating_mul(2).min(LIMIT_MAX_BYTES);
             return Ok(Step::Batches(out));

@@ -736,12 +736,21 @@ impl Worker {
             entries.into_iter().zip(classes).zip(results).enumerate()
         {
             match &result {
-                UnitResult::Unknown { refresh: r, .. } => refresh |= *r,
+                UnitResult::Unknown { refresh: r, .. } => {
+                    refresh |= *r;
+                    // The broker may have restarted and lost the topic; Tansu 0.6 acks
+                    // Produce to a missing topic without storing anything, so the
+                    // topic is checked again before the resend.
+                    invalidate = true;
+                }
                 UnitResult::Rejected { error, .. } => {
                     metrics::counter!("kafka_tee_dc2_errors_total", "code" => error_code_label(*error))
                         .increment(1);
                     refresh |= is_metadata_error(*error);
-                    invalidate |= *error == ResponseError::UnknownTopicOrPartition;
+                    invalidate |= matches!(
+                        error,
+                        ResponseError::UnknownTopicOrPartition | ResponseError::UnknownProducerId
+                    );
                 }
                 UnitResult::Acked => {}
             }
