@@ -510,6 +510,12 @@ impl Client {
         }
     }
 
+    /// Drops a topic from the metadata cache, so the next lookup asks the cluster
+    /// (after leader errors).
+    pub fn forget_topic(&self, topic: &str) {
+        write(&self.inner.meta).topics.remove(topic);
+    }
+
     /// The controller (for CreateTopics), or any broker when none is known.
     pub fn controller(&self) -> Option<i32> {
         read(&self.inner.meta).controller

@@ -96,7 +96,26 @@ impl Client {
         req.isolation_level = isolation as i8;
         req.topics = vec![t];
         // v13+ names topics by id, which this client does not track.
-        let (_, resp) = self.send(leader, &req, 4..=12).await?;
+        let result = self
+            .fetch_from(leader, topic, partition, offset, &req)
+            .await;
+        if let Err(e) = &result
+            && e.needs_metadata_refresh()
+        {
+            self.forget_topic(topic);
+        }
+        result
+    }
+
+    async fn fetch_from(
+        &self,
+        leader: i32,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        req: &FetchRequest,
+    ) -> Result<FetchedPartition, ClientError> {
+        let (_, resp) = self.send(leader, req, 4..=12).await?;
         let context = || format!("fetch {topic}-{partition} at offset {offset}");
         check(self.cluster(), resp.error_code, context)?;
         let data = resp
@@ -196,7 +215,11 @@ impl Client {
         let mut req = ListOffsetsRequest::default();
         req.replica_id = (-1).into();
         req.topics = vec![t];
-        let (_, resp) = self.send(leader, &req, 1..=9).await?;
+        let (_, resp) = self.send(leader, &req, 1..=9).await.inspect_err(|e| {
+            if e.needs_metadata_refresh() {
+                self.forget_topic(topic);
+            }
+        })?;
         let data = resp
             .topics
             .into_iter()
@@ -209,6 +232,11 @@ impl Client {
             })?;
         check(self.cluster(), data.error_code, || {
             format!("list offsets of {topic}-{partition}")
+        })
+        .inspect_err(|e| {
+            if e.needs_metadata_refresh() {
+                self.forget_topic(topic);
+            }
         })?;
         Ok(data.offset)
     }
