@@ -10,12 +10,18 @@
 //! - `tee`: capture of acked batches, ordering, the DC2 replicator.
 //! - `verify`: record-by-record comparison of DC1 and DC2.
 //! - `server`: wires it all together: `run(config, shutdown)`.
+//! - `metrics`: every metric's name and description, the Prometheus recorder.
+//! - `status`: readiness and the status report (`/status.json`, `kafka-tee status`).
+//! - `admin`: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/`).
 
+pub mod admin;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
+pub mod status;
 pub mod tee;
 pub mod verify;

@@ -66,6 +66,18 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Show a running proxy's replication state (from its admin endpoint) as a table.
+    Status {
+        /// The proxy's admin address, as given to its --admin.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        timeout: u64,
+        /// Print the status as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +97,11 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Verify(args)) => block_on(kafka_tee::verify::run(args)),
+        Some(Command::Status {
+            admin,
+            timeout,
+            json,
+        }) => block_on(status(admin, timeout, json)),
         None => {
             let config = match load_config(&cli.run) {
                 Ok(c) => c,
@@ -94,6 +111,24 @@ fn main() -> ExitCode {
                 }
             };
             block_on(kafka_tee::server::run_until_signal(config))
+        }
+    }
+}
+
+async fn status(admin: String, timeout: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let timeout = std::time::Duration::from_secs(timeout.max(1));
+    match kafka_tee::admin::fetch_status(&admin, timeout).await {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(report) => {
+            print!("{}", kafka_tee::status::render_table(&report));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("kafka-tee status: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -100,6 +100,17 @@ pub async fn run(
         shutdown: shutdown.clone(),
         upstream_tls: config.source.tls.connector()?,
     });
+    let status = crate::status::Status::new(
+        &config,
+        local,
+        router.clone(),
+        tee.as_ref().map(|t| (t.budget.clone(), t.capture.clone())),
+    );
+    if let Some(t) = &tee {
+        // Per-partition rows for the status page; see `status::ReplicationView` for
+        // what a richer replicator view can add.
+        status.set_replication_view(Arc::new(t.replicator.handle()));
+    }
     let tracker = TaskTracker::new();
     let tls = server_tls(&config, &shutdown, &tracker)?;
     let acceptor = Acceptor {
@@ -127,10 +138,13 @@ pub async fn run(
             }
         }));
     }
+    let admin = start_admin(&config, &status).await?;
     tracing::info!(%local, source = ?config.source.bootstrap, target = ?config.target.bootstrap, "kafka-tee listening");
     tracker.spawn(acceptor.run(listener, Upstream::Bootstrap));
+    status.set_listening(true);
 
     shutdown.cancelled().await;
+    status.set_shutting_down();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -141,8 +155,31 @@ pub async fn run(
     if let Some(tee) = tee {
         tee.shutdown(grace).await;
     }
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     tracing::info!("kafka-tee stopped");
     Ok(())
+}
+
+/// Binds and starts the admin endpoint when `admin.listen` is set. It answers from
+/// here until the very end of `run`, so `/readyz` reports the shutdown while it runs.
+async fn start_admin(
+    config: &Config,
+    status: &Arc<crate::status::Status>,
+) -> anyhow::Result<Option<crate::admin::Admin>> {
+    let Some(listen) = &config.admin.listen else {
+        return Ok(None);
+    };
+    let addr = parse_addr(listen).map_err(anyhow::Error::msg)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin.listen): {e}"))?;
+    let state = Arc::new(crate::admin::AdminState {
+        status: status.clone(),
+        metrics: crate::metrics::install(),
+    });
+    Ok(Some(crate::admin::Admin::start(listener, state)?))
 }
 
 /// Loads the client-facing TLS configuration and starts watching its files.
@@ -181,6 +218,7 @@ fn server_tls(
 /// The replicator plus the capture that feeds it.
 struct Tee {
     capture: Arc<Capture>,
+    budget: Arc<Budget>,
     replicator: crate::tee::replicator::Replicator,
     expiry: tokio::task::JoinHandle<()>,
 }
@@ -208,7 +246,7 @@ impl Tee {
             handle: replicator.handle(),
             filter,
         });
-        let capture = Capture::new(sink, budget, Duration::from_secs(15 * 60));
+        let capture = Capture::new(sink, budget.clone(), Duration::from_secs(15 * 60));
         let expiring = capture.clone();
         let expiry = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -219,6 +257,7 @@ impl Tee {
         });
         Ok(Self {
             capture,
+            budget,
             replicator,
             expiry,
         })

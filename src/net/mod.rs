@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::proxy::Upstream;
 use crate::proxy::session::{self, SessionContext};
@@ -29,6 +30,13 @@ impl Acceptor {
     /// Accepts clients until shutdown. One bad connection never stops the loop.
     pub async fn run(self, listener: TcpListener, upstream: Upstream) {
         let local = listener.local_addr().ok();
+        // Names the listener in every connection's log span.
+        let name = match (&upstream, local) {
+            (Upstream::Bootstrap, Some(a)) => format!("bootstrap {a}"),
+            (Upstream::Broker(id), Some(a)) => format!("broker {} {a}", id.0),
+            (Upstream::Bootstrap, None) => "bootstrap".to_string(),
+            (Upstream::Broker(id), None) => format!("broker {}", id.0),
+        };
         loop {
             let accepted = tokio::select! {
                 _ = self.session.shutdown.cancelled() => break,
@@ -52,13 +60,18 @@ impl Acceptor {
             metrics::counter!("kafka_tee_connections_accepted_total").increment(1);
             let this = self.clone();
             let upstream = upstream.clone();
-            self.tracker.spawn(async move {
-                let open = metrics::gauge!("kafka_tee_connections_open");
-                open.increment(1.0);
-                this.serve(stream, peer, upstream).await;
-                open.decrement(1.0);
-                drop(permit);
-            });
+            let span = tracing::info_span!("conn", %peer, listener = %name);
+            self.tracker.spawn(
+                async move {
+                    let open = metrics::gauge!("kafka_tee_connections_open");
+                    open.increment(1.0);
+                    tracing::debug!("connection accepted");
+                    this.serve(stream, peer, upstream).await;
+                    open.decrement(1.0);
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
         tracing::debug!(?local, "listener stopped");
     }

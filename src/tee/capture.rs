@@ -257,6 +257,7 @@ impl Capture {
         order.outstanding.remove(&entry.request);
         match (ack, entry.facts) {
             (Some(base), Some(facts)) => {
+                crate::metrics::dc1_acked_batch(facts.last_offset_delta + 1, entry.reserved);
                 let txn = facts.transactional.then_some(facts.producer_id);
                 if let Some(pid) = txn {
                     lock(&self.txns)

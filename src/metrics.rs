@@ -1,0 +1,561 @@
+//! Every metric the proxy exports: its name, type, labels and help text, and the
+//! Prometheus recorder that `/metrics` renders.
+//!
+//! Names follow Prometheus conventions: one `kafka_tee_` prefix, `_total` counters,
+//! `_seconds` and `_bytes` units, and only low-cardinality labels (API name, topic,
+//! error code; never a client id or address). The code that updates a metric uses the
+//! name literally (`metrics::counter!("kafka_tee_...")`); a test scans the sources and
+//! fails when a name used there is missing from [`METRICS`], so this table and the
+//! README never fall behind.
+//!
+//! The recorder is process-wide (the `metrics` facade allows one), installed at most
+//! once: [`install`] is idempotent, so tests that start the proxy several times in one
+//! process share it and see cumulative values.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// How a metric behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One exported metric.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> MetricDef {
+    MetricDef {
+        name,
+        kind,
+        labels,
+        help,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+/// Every metric, grouped by the part of the proxy that updates it.
+pub const METRICS: &[MetricDef] = &[
+    // Process.
+    def(
+        "kafka_tee_build_info",
+        Gauge,
+        &["version"],
+        "Always 1; the version label names the running build.",
+    ),
+    def(
+        "kafka_tee_start_time_seconds",
+        Gauge,
+        &[],
+        "Unix time at which the proxy started.",
+    ),
+    def(
+        "kafka_tee_ready",
+        Gauge,
+        &[],
+        "1 while /readyz answers 200 (listeners bound, DC1 reachable recently), else 0.",
+    ),
+    // Client side (src/net, src/proxy).
+    def(
+        "kafka_tee_connections_open",
+        Gauge,
+        &[],
+        "Client connections currently open.",
+    ),
+    def(
+        "kafka_tee_connections_accepted_total",
+        Counter,
+        &[],
+        "Client connections accepted.",
+    ),
+    def(
+        "kafka_tee_connections_refused_total",
+        Counter,
+        &[],
+        "Client connections refused because proxy.max_connections was reached.",
+    ),
+    def(
+        "kafka_tee_tls_handshake_failures_total",
+        Counter,
+        &[],
+        "Client TLS handshakes that failed or timed out.",
+    ),
+    def(
+        "kafka_tee_requests_total",
+        Counter,
+        &["api"],
+        "Client requests forwarded to DC1, by API (rare APIs are counted as \"other\").",
+    ),
+    def(
+        "kafka_tee_request_duration_seconds",
+        Histogram,
+        &["api"],
+        "Time from reading a client request to having DC1's response ready for the client.",
+    ),
+    def(
+        "kafka_tee_client_bytes_in_total",
+        Counter,
+        &[],
+        "Bytes of request frames read from clients, length prefix included.",
+    ),
+    def(
+        "kafka_tee_client_bytes_out_total",
+        Counter,
+        &[],
+        "Bytes of response frames written to clients, length prefix included.",
+    ),
+    def(
+        "kafka_tee_dc1_connect_failures_total",
+        Counter,
+        &[],
+        "Client sessions that ended because no DC1 broker could be connected.",
+    ),
+    // Capture (src/tee/capture.rs): what DC1 acknowledged, for replicated topics.
+    def(
+        "kafka_tee_produce_acked_batches_total",
+        Counter,
+        &[],
+        "Record batches of replicated topics that DC1 acknowledged (error 0).",
+    ),
+    def(
+        "kafka_tee_produce_acked_records_total",
+        Counter,
+        &[],
+        "Records in the batches counted by kafka_tee_produce_acked_batches_total.",
+    ),
+    def(
+        "kafka_tee_produce_acked_bytes_total",
+        Counter,
+        &[],
+        "Bytes of acknowledged batches held in memory for DC2 (a batch past the pending-bytes bound counts 0 here; it is read back from DC1).",
+    ),
+    def(
+        "kafka_tee_produce_unconfirmed_total",
+        Counter,
+        &[],
+        "Produce partitions forwarded to DC1 whose response never came (connection lost); copied only by a later catch-up.",
+    ),
+    def(
+        "kafka_tee_capture_held_batches",
+        Gauge,
+        &[],
+        "Acknowledged batches capture holds back until earlier in-flight requests of their partition complete or their transaction ends.",
+    ),
+    def(
+        "kafka_tee_pending_bytes",
+        Gauge,
+        &[],
+        "Batch bytes held in memory for DC2 (sampled by the admin endpoint).",
+    ),
+    def(
+        "kafka_tee_pending_bytes_limit",
+        Gauge,
+        &[],
+        "The bound on kafka_tee_pending_bytes (replication.max_pending_bytes); past it, batches are read back from DC1 instead.",
+    ),
+    // Replicator (src/tee/replicator/): the DC2 side.
+    def(
+        "kafka_tee_replicated_batches_total",
+        Counter,
+        &[],
+        "Record batches DC2 acknowledged.",
+    ),
+    def(
+        "kafka_tee_replicated_records_total",
+        Counter,
+        &[],
+        "Records in the batches DC2 acknowledged.",
+    ),
+    def(
+        "kafka_tee_replicated_bytes_total",
+        Counter,
+        &[],
+        "Record batch bytes DC2 acknowledged.",
+    ),
+    def(
+        "kafka_tee_replication_lag_records",
+        Gauge,
+        &["topic"],
+        "Offsets acknowledged by DC1 and handed to the replicator but not yet acknowledged by DC2, per DC1 topic.",
+    ),
+    def(
+        "kafka_tee_dc2_errors_total",
+        Counter,
+        &["code"],
+        "Partitions of DC2 Produce requests rejected with a Kafka error, by error (retried unless counted as dropped).",
+    ),
+    def(
+        "kafka_tee_dropped_batches_total",
+        Counter,
+        &["code"],
+        "Batches DC2 refused for good, by Kafka error: they are not in DC2. Should stay 0.",
+    ),
+    def(
+        "kafka_tee_dropped_records_total",
+        Counter,
+        &["code"],
+        "Records in the batches counted by kafka_tee_dropped_batches_total. Should stay 0.",
+    ),
+    def(
+        "kafka_tee_data_lost_records_total",
+        Counter,
+        &[],
+        "Offsets acknowledged by DC1 that can no longer be copied to DC2 (for example removed by retention before catch-up read them). Should stay 0.",
+    ),
+    def(
+        "kafka_tee_invalid_batches_total",
+        Counter,
+        &[],
+        "Batches DC1 acknowledged that are not valid record batches and so cannot be replicated. Should stay 0.",
+    ),
+    def(
+        "kafka_tee_catchup_gaps_total",
+        Counter,
+        &[],
+        "Offset ranges (overflow, outage, restart, unfinished transaction) the replicator started reading back from DC1.",
+    ),
+    def(
+        "kafka_tee_catchup_batches_total",
+        Counter,
+        &[],
+        "Batches read back from DC1 and acknowledged by DC2.",
+    ),
+    def(
+        "kafka_tee_catchup_skipped_batches_total",
+        Counter,
+        &["reason"],
+        "Batches read back from DC1 and not copied: reason=aborted (aborted transaction) or control (transaction markers).",
+    ),
+    def(
+        "kafka_tee_topics_held",
+        Gauge,
+        &["topic"],
+        "1 while a DC1 topic cannot be written to DC2 (DC2 topic missing, partition counts differ, creation failed): its data waits in DC1; 0 once ready.",
+    ),
+    def(
+        "kafka_tee_dc2_topics_created_total",
+        Counter,
+        &[],
+        "DC2 topics the replicator created (replication.create_topics).",
+    ),
+    def(
+        "kafka_tee_filtered_items_total",
+        Counter,
+        &[],
+        "Acknowledged items the replicator dropped because their topic is not replicated (include/exclude).",
+    ),
+    def(
+        "kafka_tee_producer_id_renewals_total",
+        Counter,
+        &[],
+        "Times the replicator's DC2 producer id was renewed (fenced or expired).",
+    ),
+    def(
+        "kafka_tee_checkpoint_writes_total",
+        Counter,
+        &[],
+        "Checkpoints written to state.dir.",
+    ),
+    def(
+        "kafka_tee_checkpoint_errors_total",
+        Counter,
+        &[],
+        "Checkpoint writes that failed; after a restart, replication resumes from the last good one.",
+    ),
+];
+
+/// Histogram buckets, in seconds: sub-millisecond proxy hops up to DC2 outages.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (first call only), describes every metric and
+/// starts the unlabelled ones at zero so that dashboards and alert rules see them
+/// before the first event. Returns the handle `/metrics` renders from.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = match PrometheusBuilder::new().set_buckets(BUCKETS) {
+                Ok(b) => b,
+                // Only fails for an empty bucket list, which BUCKETS is not.
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                // Someone (a test harness, an embedding program) installed another
+                // recorder first: /metrics then shows nothing but stays up.
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe_all();
+            handle
+        })
+        .clone()
+}
+
+fn describe_all() {
+    for m in METRICS {
+        match m.kind {
+            Counter => {
+                metrics::describe_counter!(m.name, m.help);
+                if m.labels.is_empty() {
+                    metrics::counter!(m.name).increment(0);
+                }
+            }
+            Gauge => {
+                metrics::describe_gauge!(m.name, m.help);
+                if m.labels.is_empty() {
+                    metrics::gauge!(m.name).increment(0.0);
+                }
+            }
+            Histogram => {
+                metrics::describe_histogram!(m.name, m.help);
+                if m.labels.is_empty() {
+                    // Registering is enough for an empty histogram to be rendered.
+                    let _ = metrics::histogram!(m.name);
+                }
+            }
+        }
+    }
+    metrics::gauge!("kafka_tee_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("kafka_tee_start_time_seconds").set(now);
+}
+
+/// Counts one batch DC1 acknowledged for a replicated topic (called by capture).
+pub fn dc1_acked_batch(records: i64, bytes_held: usize) {
+    metrics::counter!("kafka_tee_produce_acked_batches_total").increment(1);
+    metrics::counter!("kafka_tee_produce_acked_records_total").increment(records.max(0) as u64);
+    metrics::counter!("kafka_tee_produce_acked_bytes_total").increment(bytes_held as u64);
+}
+
+/// Looks a metric up by name.
+pub fn find(name: &str) -> Option<&'static MetricDef> {
+    METRICS.iter().find(|m| m.name == name)
+}
+
+/// Reads one sample out of Prometheus text: the value of `name` whose labels include
+/// every `(key, value)` in `labels`, summed over the series that match. `None` when no
+/// series matches. Used by the status page, which shows what `/metrics` shows.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for (series, series_labels, value) in samples(text) {
+        if series != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total
+}
+
+/// Every sample line of Prometheus text as (name, labels, value); comments and
+/// malformed lines are skipped.
+pub fn samples(text: &str) -> impl Iterator<Item = (&str, Vec<(String, String)>, f64)> {
+    text.lines().filter_map(|line| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let (head, value) = line.rsplit_once(' ')?;
+        let value: f64 = value.parse().ok()?;
+        match head.split_once('{') {
+            None => Some((head, Vec::new(), value)),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}')?;
+                Some((name, parse_labels(body)?, value))
+            }
+        }
+    })
+}
+
+/// Parses `a="x",b="y \"q\""` (the body between braces).
+fn parse_labels(body: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        while chars.peek() == Some(&',') || chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn source_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                source_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Every `"kafka_tee_..."` string literal in the sources.
+    fn names_used_in_sources() -> BTreeSet<(String, String)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        source_files(&root, &mut files);
+        let re = regex::Regex::new(r#""(kafka_tee_[a-z0-9_]+)""#).expect("regex");
+        let mut out = BTreeSet::new();
+        for f in files {
+            if f.ends_with("metrics.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).expect("read source");
+            for c in re.captures_iter(&text) {
+                out.insert((c[1].to_string(), f.display().to_string()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_metric_used_in_the_code_is_described() {
+        let missing: Vec<_> = names_used_in_sources()
+            .into_iter()
+            .filter(|(name, _)| find(name).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "metrics used but not described in src/metrics.rs: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = BTreeSet::new();
+        for m in METRICS {
+            assert!(seen.insert(m.name), "{} listed twice", m.name);
+            assert!(m.name.starts_with("kafka_tee_"), "{}", m.name);
+            assert!(!m.help.is_empty(), "{} has no help text", m.name);
+            match m.kind {
+                Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Gauge | Histogram => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+            if m.kind == Histogram {
+                assert!(m.name.ends_with("_seconds"), "{}", m.name);
+            }
+            for l in m.labels {
+                assert!(
+                    ["api", "topic", "code", "reason", "version"].contains(l),
+                    "{}: label {l} is not in the low-cardinality set",
+                    m.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn readme_lists_every_metric() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .expect("README.md");
+        let missing: Vec<_> = METRICS
+            .iter()
+            .map(|m| m.name)
+            .filter(|n| !readme.contains(&format!("`{n}`")))
+            .collect();
+        assert!(missing.is_empty(), "README.md does not list {missing:?}");
+    }
+
+    #[test]
+    fn install_is_idempotent_and_renders_help_lines() {
+        let a = install();
+        let b = install();
+        metrics::counter!("kafka_tee_requests_total", "api" => "Produce").increment(2);
+        let text = a.render();
+        assert_eq!(text.lines().count(), b.render().lines().count());
+        for m in METRICS.iter().filter(|m| m.labels.is_empty()) {
+            assert!(
+                text.contains(&format!("# HELP {} ", m.name)),
+                "no HELP for {}:\n{text}",
+                m.name
+            );
+            assert!(
+                text.contains(&format!("# TYPE {} {}", m.name, m.kind.as_str())),
+                "no TYPE for {}",
+                m.name
+            );
+        }
+        assert!(text.contains("# HELP kafka_tee_requests_total "));
+        let produce = sample(&text, "kafka_tee_requests_total", &[("api", "Produce")]);
+        assert!(produce.is_some_and(|v| v >= 2.0), "{text}");
+    }
+
+    #[test]
+    fn sample_reads_labelled_series() {
+        let text = "# HELP x y\n# TYPE x gauge\n\
+                    x{topic=\"a\"} 3\nx{topic=\"b\",code=\"q\\\"z\"} 4\ny 1.5\nbad line\n";
+        assert_eq!(sample(text, "x", &[]), Some(7.0));
+        assert_eq!(sample(text, "x", &[("topic", "a")]), Some(3.0));
+        assert_eq!(sample(text, "x", &[("code", "q\"z")]), Some(4.0));
+        assert_eq!(sample(text, "y", &[]), Some(1.5));
+        assert_eq!(sample(text, "z", &[]), None);
+    }
+}
