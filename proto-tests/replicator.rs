@@ -667,3 +667,406 @@ async fn dc2_restart_is_survived() {
     rep.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// A scripted stand-in for DC2 that enforces Kafka's idempotent-producer rules
+/// (unknown producer ids, duplicate and out-of-order sequences), so the replicator's
+/// retry paths can be driven with errors Tansu never returns.
+mod mock_dc2 {
+    use std::collections::{HashMap, HashSet, VecDeque};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+        InitProducerIdResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+        RequestHeader, ResponseHeader, TopicName,
+        api_versions_response::ApiVersion,
+        create_topics_response::CreatableTopicResult,
+        metadata_response::{
+            MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+        },
+        produce_response::{PartitionProduceResponse, TopicProduceResponse},
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+    use kafka_protocol::records::RecordBatchDecoder;
+    use kafka_tee::tee::batch::RecordBatch;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// What the mock does with a batch, by the batch's tag.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Action {
+        Error(i16),
+        /// Drop the connection; the batch is not stored.
+        CloseBeforeWrite,
+        /// Store the batch, then drop the connection without answering.
+        WriteThenClose,
+        /// Forget the producer id (UNKNOWN_PRODUCER_ID from now on).
+        ForgetProducer,
+    }
+
+    /// One stored batch: tag, producer id, base sequence.
+    pub type Stored = (String, i64, i32);
+
+    #[derive(Default)]
+    pub struct State {
+        pub topics: HashMap<String, i32>,
+        pub script: HashMap<String, VecDeque<Action>>,
+        /// Tags that fail with this error every time.
+        pub always: HashMap<String, i16>,
+        pub stored: HashMap<(String, i32), Vec<Stored>>,
+        known: HashSet<i64>,
+        next_pid: i64,
+        /// (pid, topic, partition) -> (recent base sequences, next sequence)
+        seqs: HashMap<(i64, String, i32), (VecDeque<i32>, i32)>,
+    }
+
+    enum Outcome {
+        Code(i16),
+        Close,
+        StoreThenClose,
+    }
+
+    impl State {
+        fn produce(&mut self, topic: &str, partition: i32, records: &Bytes) -> Outcome {
+            let Ok(batch) = RecordBatch::parse(records.clone()) else {
+                return Outcome::Code(87);
+            };
+            let tag = tag_of(records);
+            if let Some(code) = self.always.get(&tag) {
+                return Outcome::Code(*code);
+            }
+            // Errors and lost connections hit whatever arrives; the other actions wait
+            // for the batch to arrive in sequence.
+            let action = self.script.get(&tag).and_then(|q| q.front().copied());
+            match action {
+                Some(Action::Error(code)) => {
+                    self.pop(&tag);
+                    return Outcome::Code(code);
+                }
+                Some(Action::CloseBeforeWrite) => {
+                    self.pop(&tag);
+                    return Outcome::Close;
+                }
+                _ => {}
+            }
+            let pid = batch.producer_id();
+            if !self.known.contains(&pid) {
+                return Outcome::Code(59);
+            }
+            let seq = batch.base_sequence();
+            let key = (pid, topic.to_string(), partition);
+            let fresh = !self.seqs.contains_key(&key);
+            let (recent, next) = self.seqs.entry(key).or_insert((VecDeque::new(), seq));
+            if recent.contains(&seq) {
+                return Outcome::Code(46);
+            }
+            if !fresh && seq != *next {
+                return Outcome::Code(45);
+            }
+            if let Some(Action::ForgetProducer) = action {
+                self.pop(&tag);
+                self.known.remove(&pid);
+                return Outcome::Code(59);
+            }
+            recent.push_back(seq);
+            if recent.len() > 5 {
+                recent.pop_front();
+            }
+            *next = seq + batch.last_offset_delta() + 1;
+            self.stored
+                .entry((topic.to_string(), partition))
+                .or_default()
+                .push((tag.clone(), pid, seq));
+            if let Some(Action::WriteThenClose) = action {
+                self.pop(&tag);
+                return Outcome::StoreThenClose;
+            }
+            Outcome::Code(0)
+        }
+
+        fn pop(&mut self, tag: &str) {
+            if let Some(q) = self.script.get_mut(tag) {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// The tag of a test batch: the second word of its first record's value.
+    pub fn tag_of(records: &Bytes) -> String {
+        let mut b = records.clone();
+        RecordBatchDecoder::decode(&mut b)
+            .ok()
+            .and_then(|set| set.records.into_iter().next())
+            .and_then(|r| r.value)
+            .and_then(|v| {
+                String::from_utf8_lossy(&v)
+                    .split_whitespace()
+                    .nth(1)
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    }
+
+    pub struct MockDc2 {
+        pub addr: String,
+        pub state: Arc<Mutex<State>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for MockDc2 {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl MockDc2 {
+        pub async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let state = Arc::new(Mutex::new(State {
+                next_pid: 1000,
+                ..State::default()
+            }));
+            let st = state.clone();
+            let port = addr.port();
+            let task = tokio::spawn(async move {
+                while let Ok((sock, _)) = listener.accept().await {
+                    tokio::spawn(serve(sock, st.clone(), port));
+                }
+            });
+            Self {
+                addr: addr.to_string(),
+                state,
+                task,
+            }
+        }
+
+        pub fn stored(&self, topic: &str, partition: i32) -> Vec<Stored> {
+            let st = self.state.lock().expect("state");
+            st.stored
+                .get(&(topic.to_string(), partition))
+                .cloned()
+                .unwrap_or_default()
+        }
+    }
+
+    fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &T) -> Bytes {
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        let mut h = ResponseHeader::default();
+        h.correlation_id = correlation_id;
+        h.encode(&mut buf, T::header_version(version))
+            .expect("header");
+        body.encode(&mut buf, version).expect("body");
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        buf.freeze()
+    }
+
+    async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, port: u16) {
+        loop {
+            let Ok(len) = sock.read_i32().await else {
+                return;
+            };
+            let mut body = vec![0u8; len as usize];
+            if sock.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let mut body = Bytes::from(body);
+            let key = ApiKey::try_from((&body[..2]).get_i16()).expect("api key");
+            let version = (&body[2..4]).get_i16();
+            let header = RequestHeader::decode(&mut body, key.request_header_version(version))
+                .expect("request header");
+            let cid = header.correlation_id;
+            let (frame, close) = match key {
+                ApiKey::ApiVersions => {
+                    let mut r = ApiVersionsResponse::default();
+                    for (k, lo, hi) in [(0, 3, 9), (3, 1, 9), (18, 0, 3), (19, 2, 5), (22, 0, 4)] {
+                        let mut v = ApiVersion::default();
+                        v.api_key = k;
+                        v.min_version = lo;
+                        v.max_version = hi;
+                        r.api_keys.push(v);
+                    }
+                    (respond(cid, version, &r), false)
+                }
+                ApiKey::Metadata => {
+                    let req = MetadataRequest::decode(&mut body, version).expect("metadata");
+                    let st = state.lock().expect("state");
+                    let names: Vec<String> = match req.topics {
+                        Some(ts) => ts
+                            .into_iter()
+                            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                            .collect(),
+                        None => st.topics.keys().cloned().collect(),
+                    };
+                    let mut r = MetadataResponse::default();
+                    let mut b = MetadataResponseBroker::default();
+                    b.node_id = BrokerId(1);
+                    b.host = StrBytes::from_static_str("127.0.0.1");
+                    b.port = i32::from(port);
+                    r.brokers = vec![b];
+                    r.controller_id = BrokerId(1);
+                    for n in names {
+                        let mut t = MetadataResponseTopic::default();
+                        t.name = Some(TopicName(StrBytes::from_string(n.clone())));
+                        match st.topics.get(&n) {
+                            Some(count) => {
+                                t.partitions = (0..*count)
+                                    .map(|i| {
+                                        let mut p = MetadataResponsePartition::default();
+                                        p.partition_index = i;
+                                        p.leader_id = BrokerId(1);
+                                        p.replica_nodes = vec![BrokerId(1)];
+                                        p.isr_nodes = vec![BrokerId(1)];
+                                        p
+                                    })
+                                    .collect();
+                            }
+                            None => t.error_code = 3,
+                        }
+                        r.topics.push(t);
+                    }
+                    (respond(cid, version, &r), false)
+                }
+                ApiKey::InitProducerId => {
+                    let mut st = state.lock().expect("state");
+                    let pid = st.next_pid;
+                    st.next_pid += 1;
+                    st.known.insert(pid);
+                    let mut r = InitProducerIdResponse::default();
+                    r.producer_id = pid.into();
+                    r.producer_epoch = 0;
+                    (respond(cid, version, &r), false)
+                }
+                ApiKey::CreateTopics => {
+                    let req = CreateTopicsRequest::decode(&mut body, version).expect("create");
+                    let mut st = state.lock().expect("state");
+                    let mut r = CreateTopicsResponse::default();
+                    for t in req.topics {
+                        let mut res = CreatableTopicResult::default();
+                        res.name = t.name.clone();
+                        if st.topics.contains_key(t.name.0.as_str()) {
+                            res.error_code = 36;
+                        } else {
+                            st.topics.insert(t.name.0.to_string(), t.num_partitions);
+                        }
+                        r.topics.push(res);
+                    }
+                    (respond(cid, version, &r), false)
+                }
+                ApiKey::Produce => {
+                    let req = ProduceRequest::decode(&mut body, version).expect("produce");
+                    let mut st = state.lock().expect("state");
+                    let mut r = ProduceResponse::default();
+                    let mut close = None;
+                    for t in req.topic_data {
+                        let mut tr = TopicProduceResponse::default();
+                        tr.name = t.name.clone();
+                        for p in t.partition_data {
+                            let records = p.records.unwrap_or_default();
+                            let mut pr = PartitionProduceResponse::default();
+                            pr.index = p.index;
+                            match st.produce(t.name.0.as_str(), p.index, &records) {
+                                Outcome::Code(c) => pr.error_code = c,
+                                Outcome::Close => close = Some(false),
+                                Outcome::StoreThenClose => close = Some(true),
+                            }
+                            tr.partition_responses.push(pr);
+                        }
+                        r.responses.push(tr);
+                    }
+                    if close.is_some() {
+                        return;
+                    }
+                    (respond(cid, version, &r), false)
+                }
+                _ => return,
+            };
+            if sock.write_all(&frame).await.is_err() || close {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dc2_errors_keep_order_and_sequences() {
+    use mock_dc2::{Action, MockDc2};
+    init_logging();
+    let dc1 = Broker::start("dc1e");
+    let dc2 = MockDc2::start().await;
+    let state = tempdir("errors");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    src.create_topic("flaky", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    {
+        let mut st = dc2.state.lock().expect("state");
+        st.script
+            .insert("b1".into(), [Action::Error(6)].into_iter().collect());
+        st.script.insert(
+            "b2".into(),
+            [Action::CloseBeforeWrite].into_iter().collect(),
+        );
+        // Too large, every time: dropped for good; the batches after it move down.
+        st.always.insert("b3".into(), 10);
+        st.script
+            .insert("b4".into(), [Action::WriteThenClose].into_iter().collect());
+        st.script
+            .insert("b6".into(), [Action::ForgetProducer].into_iter().collect());
+    }
+    let mut cfg = Config::default();
+    cfg.source.bootstrap = vec![dc1.addr.clone()];
+    cfg.target.bootstrap = vec![dc2.addr.clone()];
+    cfg.replication.topic_prefix = "dc1.".into();
+    cfg.replication.request_timeout_ms = 5_000;
+    cfg.replication.retry_backoff_ms = 20;
+    cfg.replication.retry_backoff_max_ms = 200;
+    cfg.state.dir = Some(state.clone());
+    let budget = Arc::new(Budget::new(1 << 20));
+    let rep = replicator::start(&cfg, budget.clone())
+        .await
+        .expect("start");
+    let h = rep.handle();
+    let tp = TopicPartition {
+        topic: Arc::from("flaky"),
+        partition: 0,
+    };
+    let mut end = 0;
+    for i in 0..10 {
+        let b = batch(&format!("b{i}"), 1 + i % 3, Compression::None);
+        let base = produce(&src, "flaky", 0, &b).await;
+        end = last_offset(base, &b);
+        push_batch(&h, &budget, &tp, base, &b);
+    }
+    assert!(
+        h.wait_replicated(&tp, end, Duration::from_secs(30)).await,
+        "not replicated: {:?}",
+        dc2.stored("dc1.flaky", 0)
+    );
+    let stored = dc2.stored("dc1.flaky", 0);
+    let tags: Vec<&str> = stored.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(tags, ["b0", "b1", "b2", "b4", "b5", "b6", "b7", "b8", "b9"]);
+    // Contiguous sequences per producer id; the forgotten producer was replaced and
+    // the new one starts at 0.
+    let pids: Vec<i64> = stored.iter().map(|(_, p, _)| *p).collect();
+    assert_eq!(pids.first(), Some(&1000));
+    assert_eq!(pids.last(), Some(&1001));
+    let first_new = pids.iter().position(|p| *p == 1001).expect("new producer");
+    assert_eq!(stored[first_new].0, "b6");
+    assert_eq!(stored[first_new].2, 0);
+    let count = |tag: &str| -> i32 {
+        let i: i32 = tag[1..].parse().expect("tag");
+        1 + i % 3
+    };
+    for w in stored.windows(2) {
+        if w[0].1 == w[1].1 {
+            assert_eq!(w[1].2, w[0].2 + count(&w[0].0), "{stored:?}");
+        }
+    }
+    assert_eq!(budget.used(), 0);
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}

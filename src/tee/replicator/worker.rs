@@ -668,6 +668,7 @@ impl Worker {
                 {
                     self.ooo_strikes += 1;
                 }
+                let dropped = matches!(classify(&r), Class::Drop(..));
                 let describe = match &r {
                     UnitResult::Rejected { error, message } => format!(
                         "DC2 rejected a batch of {} with {error}{}",
@@ -687,8 +688,9 @@ impl Worker {
                     *first = r;
                 }
                 self.recover(results).await;
-                // When the only problem was a batch dropped for good, nothing waits.
-                if !self.inflight.is_empty() {
+                // When the only problem was a batch dropped for good (already logged),
+                // the batches after it go out again at once.
+                if !self.inflight.is_empty() && !dropped {
                     self.warn_limited(&describe);
                     let d = self.backoff.next_delay();
                     self.pause(d).await;
