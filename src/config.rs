@@ -340,7 +340,9 @@ impl Config {
         for (name, cluster) in [("source", &self.source), ("target", &self.target)] {
             let t = &cluster.tls;
             if t.enabled && t.ca.is_none() {
-                problems.push(format!("{name}.tls.ca: required when {name}.tls.enabled = true"));
+                problems.push(format!(
+                    "{name}.tls.ca: required when {name}.tls.enabled = true"
+                ));
             }
             if t.cert.is_some() != t.key.is_some() {
                 problems.push(format!("{name}.tls: cert and key must be given together"));
@@ -349,12 +351,18 @@ impl Config {
                 if let Some(path) = path
                     && !path.is_file()
                 {
-                    problems.push(format!("{name}.tls.{field}: {} is not a readable file", path.display()));
+                    problems.push(format!(
+                        "{name}.tls.{field}: {} is not a readable file",
+                        path.display()
+                    ));
                 }
             }
         }
         if self.source.sasl.is_some() {
-            problems.push("source.sasl: client SASL towards DC1 is passed through; only target.sasl is used".into());
+            problems.push(
+                "source.sasl: client SASL towards DC1 is passed through; only target.sasl is used"
+                    .into(),
+            );
         }
         if let Some(s) = &self.target.sasl
             && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&s.mechanism.as_str())

@@ -208,7 +208,9 @@ fn server_tls(
             match watched.reload_if_changed() {
                 Ok(true) => tracing::info!("TLS certificate reloaded"),
                 Ok(false) => {}
-                Err(e) => tracing::error!("TLS reload failed, keeping the previous certificate: {e}"),
+                Err(e) => {
+                    tracing::error!("TLS reload failed, keeping the previous certificate: {e}")
+                }
             }
         }
     });

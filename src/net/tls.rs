@@ -84,15 +84,18 @@ impl ServerTlsFiles {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
         let builder = match &self.client_ca {
             Some(ca) => {
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca, "client CA")?), provider())
-                        .build()
-                        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(ca, "client CA")?),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
         };
-        let config = builder.with_single_cert(certs(&self.cert, "certificate")?, key(&self.key)?)?;
+        let config =
+            builder.with_single_cert(certs(&self.cert, "certificate")?, key(&self.key)?)?;
         Ok(Arc::new(config))
     }
 
@@ -123,7 +126,11 @@ impl ServerTls {
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     /// Reloads the files if any changed. A broken new file keeps the old certificate
@@ -149,13 +156,17 @@ impl UpstreamTlsConfig {
             return Ok(None);
         }
         let Some(ca) = &self.ca else {
-            return Err(TlsError::Verifier("tls.ca is required when upstream TLS is enabled".into()));
+            return Err(TlsError::Verifier(
+                "tls.ca is required when upstream TLS is enabled".into(),
+            ));
         };
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_root_certificates(roots(ca, "upstream CA")?);
         let config = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => builder.with_client_auth_cert(certs(c, "client certificate")?, key(k)?)?,
+            (Some(c), Some(k)) => {
+                builder.with_client_auth_cert(certs(c, "client certificate")?, key(k)?)?
+            }
             _ => builder.with_no_client_auth(),
         };
         Ok(Some(TlsConnector::from(Arc::new(config))))
@@ -165,7 +176,11 @@ impl UpstreamTlsConfig {
     pub fn server_name(&self, addr: &str) -> Result<ServerName<'static>, TlsError> {
         let name = match &self.server_name {
             Some(n) => n.clone(),
-            None => addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']).to_owned(),
+            None => addr
+                .rsplit_once(':')
+                .map_or(addr, |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned(),
         };
         ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name))
     }

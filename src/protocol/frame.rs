@@ -185,12 +185,21 @@ mod tests {
         use tokio_util::codec::Decoder;
         let mut codec = FrameCodec { max: 100 };
         let mut buf = BytesMut::from(&b"\0\0\0\x02ab\0\0\0\x03cd"[..]);
-        assert_eq!(&codec.decode(&mut buf).expect("ok").expect("frame")[..], b"ab");
+        assert_eq!(
+            &codec.decode(&mut buf).expect("ok").expect("frame")[..],
+            b"ab"
+        );
         assert!(codec.decode(&mut buf).expect("ok").is_none());
         buf.extend_from_slice(b"e");
-        assert_eq!(&codec.decode(&mut buf).expect("ok").expect("frame")[..], b"cde");
+        assert_eq!(
+            &codec.decode(&mut buf).expect("ok").expect("frame")[..],
+            b"cde"
+        );
         let mut partial = BytesMut::from(&b"\0\0\0\x09abc"[..]);
-        assert!(matches!(codec.decode_eof(&mut partial), Err(FrameError::Truncated)));
+        assert!(matches!(
+            codec.decode_eof(&mut partial),
+            Err(FrameError::Truncated)
+        ));
         let mut hello = BytesMut::from(&[0x16u8, 3, 1, 2, 0][..]);
         let err = codec.decode(&mut hello).unwrap_err();
         assert!(err.to_string().contains("TLS/plaintext mismatch"), "{err}");

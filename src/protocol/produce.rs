@@ -152,7 +152,9 @@ pub fn parse_produce_request(frame: &Bytes) -> R<ProduceRequestView> {
     }
     r.i32("correlation id")?;
     // Request header v1/v2: the client id is always a classic nullable string.
-    r.len(false, "client id")?.map(|n| r.buf.advance(n));
+    if let Some(n) = r.len(false, "client id")? {
+        r.buf.advance(n);
+    }
     r.flexible = version >= 9;
     r.skip_tagged()?;
     let transactional_id = r.string("transactional id")?;
