@@ -161,6 +161,12 @@ pub const METRICS: &[MetricDef] = &[
         "Produce partitions forwarded to DC1 whose response never came (connection lost); copied only by a later catch-up.",
     ),
     def(
+        "kafka_tee_sync_timeouts_total",
+        Counter,
+        &[],
+        "Partitions of synchronous topics answered with REQUEST_TIMED_OUT because DC2 did not confirm the batch in time.",
+    ),
+    def(
         "kafka_tee_capture_held_batches",
         Gauge,
         &[],

@@ -15,9 +15,9 @@ use crate::net::Acceptor;
 use crate::net::tls::{ServerTls, ServerTlsFiles};
 use crate::proxy::session::SessionContext;
 use crate::proxy::{Router, Upstream};
+use crate::tee::Budget;
 use crate::tee::TopicFilter;
-use crate::tee::capture::{Capture, Sink};
-use crate::tee::{Budget, Pending, TopicPartition};
+use crate::tee::capture::Capture;
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn run_until_signal(config: Config) -> anyhow::Result<ExitCode> {
@@ -99,6 +99,7 @@ pub async fn run(
         capture: tee.as_ref().map(|t| t.capture.clone()),
         shutdown: shutdown.clone(),
         upstream_tls: config.source.tls.connector()?,
+        sync_timeout: Duration::from_millis(config.replication.request_timeout_ms),
     });
     let status = crate::status::Status::new(
         &config,
@@ -225,30 +226,20 @@ struct Tee {
     expiry: tokio::task::JoinHandle<()>,
 }
 
-struct ReplicatorSink {
-    handle: crate::tee::replicator::ReplicatorHandle,
-    filter: TopicFilter,
-}
-
-impl Sink for ReplicatorSink {
-    fn push(&self, tp: TopicPartition, item: Pending) {
-        self.handle.push(tp, item);
-    }
-    fn wants(&self, topic: &str) -> bool {
-        self.filter.wants(topic)
-    }
-}
-
 impl Tee {
     async fn start(config: &Config) -> anyhow::Result<Self> {
         let budget = Arc::new(Budget::new(config.replication.max_pending_bytes));
         let replicator = crate::tee::replicator::start(config, budget.clone()).await?;
-        let filter = TopicFilter::new(&config.replication.include, &config.replication.exclude)?;
-        let sink = Arc::new(ReplicatorSink {
-            handle: replicator.handle(),
-            filter,
-        });
-        let capture = Capture::new(sink, budget.clone(), Duration::from_secs(15 * 60));
+        let sync = &config.replication.sync_topics;
+        let sync_topics = (!sync.is_empty())
+            .then(|| TopicFilter::new(sync, &[]))
+            .transpose()?;
+        let capture = Capture::with_sync_topics(
+            Arc::new(replicator.handle()),
+            budget.clone(),
+            Duration::from_secs(15 * 60),
+            sync_topics,
+        );
         let expiring = capture.clone();
         let expiry = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));

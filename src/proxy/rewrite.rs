@@ -15,7 +15,7 @@ use crate::protocol::header::{DecodeError, guarded_decode, split_response};
 use crate::protocol::versions::{proxy_max_version, proxy_min_version};
 
 /// Maps a real broker (id, host, port) to the proxy port clients must use for it.
-pub trait AddressMap {
+pub trait AddressMap: Sync {
     fn advertised_host(&self) -> &str;
     /// Proxy ports for a set of brokers, assigned together (in node-id order).
     fn proxy_ports(&self, brokers: &mut [(i32, String)]) -> Vec<(i32, Option<u16>)>;

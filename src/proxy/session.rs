@@ -40,6 +40,8 @@ pub struct SessionContext {
     /// Present when the tee is on.
     pub capture: Option<Arc<Capture>>,
     pub shutdown: CancellationToken,
+    /// How long a synchronous topic's producer waits for DC2.
+    pub sync_timeout: Duration,
     /// TLS towards DC1 brokers, when configured.
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -347,7 +349,9 @@ where
             }
         }
         let (key, swallow, started) = (entry.key, entry.swallow, entry.started);
-        let frame = process_response(frame, entry, ctx).map_err(|e| dc1(e.to_string()))?;
+        let frame = process_response(frame, entry, ctx)
+            .await
+            .map_err(|e| dc1(e.to_string()))?;
         metrics::histogram!("kafka_tee_request_duration_seconds", "api" => api_name(key))
             .record(started.elapsed().as_secs_f64());
         if swallow {
@@ -374,7 +378,7 @@ where
 }
 
 /// Applies the rewrites and the tee's bookkeeping to one response frame.
-fn process_response(
+async fn process_response(
     frame: Bytes,
     entry: InFlight,
     ctx: &SessionContext,
@@ -403,10 +407,15 @@ fn process_response(
         Action::Produce(Some(ticket)) => {
             let (header, mut body) = split_response(key, version, &frame)?;
             let mut resp: ProduceResponse = guarded_decode(&mut body, version, "Produce response")?;
-            ticket.complete(&resp);
-            if resp.node_endpoints.is_empty() {
+            let waits = ticket.complete(&resp);
+            let unconfirmed = match (&ctx.capture, waits.is_empty()) {
+                (Some(capture), false) => capture.wait_for_dc2(waits, ctx.sync_timeout).await,
+                _ => Vec::new(),
+            };
+            if resp.node_endpoints.is_empty() && unconfirmed.is_empty() {
                 return Ok(frame);
             }
+            mark_unconfirmed(&mut resp, version, &unconfirmed);
             rewrite::rewrite_produce(map, &mut resp);
             rewrite::encode(
                 &header,
@@ -415,6 +424,33 @@ fn process_response(
                 version,
                 "Produce response",
             )
+        }
+    }
+}
+
+/// Synchronous topics: a partition DC2 did not confirm in time is answered with
+/// REQUEST_TIMED_OUT, so the producer retries rather than believing both clusters
+/// hold it. (DC1 may then hold the batch twice unless the producer is idempotent.)
+fn mark_unconfirmed(
+    resp: &mut ProduceResponse,
+    version: i16,
+    unconfirmed: &[crate::tee::TopicPartition],
+) {
+    const REQUEST_TIMED_OUT: i16 = 7;
+    for tp in unconfirmed {
+        tracing::warn!(partition = %tp, "DC2 did not confirm a synchronous batch in time");
+        metrics::counter!("kafka_tee_sync_timeouts_total").increment(1);
+        let parts = resp
+            .responses
+            .iter_mut()
+            .filter(|t| t.name.0.as_str() == &*tp.topic)
+            .flat_map(|t| t.partition_responses.iter_mut())
+            .filter(|p| p.index == tp.partition);
+        for p in parts {
+            p.error_code = REQUEST_TIMED_OUT;
+            if version >= 8 {
+                p.error_message = Some("kafka-tee: DC2 did not confirm the batch in time".into());
+            }
         }
     }
 }

@@ -31,7 +31,21 @@ pub trait Sink: Send + Sync {
     fn push(&self, tp: TopicPartition, item: Pending);
     /// Whether a DC1 topic is replicated at all.
     fn wants(&self, topic: &str) -> bool;
+    /// Resolves to true once DC2 holds `tp` up to `offset` (inclusive), false when
+    /// `timeout` passes first. A sink that cannot tell never confirms.
+    fn wait_replicated(
+        &self,
+        _tp: TopicPartition,
+        _offset: i64,
+        _timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { false })
+    }
 }
+
+/// Partitions of one response whose producer waits for DC2 (synchronous topics):
+/// (partition, last DC1 offset of the batch).
+pub type SyncWaits = Vec<(TopicPartition, i64)>;
 
 /// Offsets of the batch header fields the capture reads.
 const LAST_OFFSET_DELTA: usize = 23;
@@ -103,17 +117,42 @@ pub struct Capture {
     /// Producer id -> partitions holding its undecided transactional batches.
     txns: Mutex<HashMap<i64, HashSet<TopicPartition>>>,
     txn_timeout: Duration,
+    /// Topics whose producers wait until DC2 has their batch.
+    sync_topics: Option<crate::tee::TopicFilter>,
 }
 
 impl Capture {
     pub fn new(sink: Arc<dyn Sink>, budget: Arc<Budget>, txn_timeout: Duration) -> Arc<Self> {
+        Self::with_sync_topics(sink, budget, txn_timeout, None)
+    }
+
+    /// Like `new`, with topics (a filter) whose producer responses wait for DC2.
+    pub fn with_sync_topics(
+        sink: Arc<dyn Sink>,
+        budget: Arc<Budget>,
+        txn_timeout: Duration,
+        sync_topics: Option<crate::tee::TopicFilter>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             sink,
             budget,
             partitions: DashMap::new(),
             txns: Mutex::new(HashMap::new()),
             txn_timeout,
+            sync_topics,
         })
+    }
+
+    /// Waits until DC2 has every batch in `waits`; returns the partitions it did not
+    /// confirm within `timeout`.
+    pub async fn wait_for_dc2(&self, waits: SyncWaits, timeout: Duration) -> Vec<TopicPartition> {
+        let mut missing = Vec::new();
+        for (tp, offset) in waits {
+            if !self.sink.wait_replicated(tp.clone(), offset, timeout).await {
+                missing.push(tp);
+            }
+        }
+        missing
     }
 
     /// Registers a Produce request about to be forwarded to DC1.
@@ -314,9 +353,12 @@ impl Capture {
 }
 
 impl Ticket {
-    /// Applies DC1's response: partitions acked with error 0 become batches.
-    pub fn complete(mut self, resp: &ProduceResponse) {
+    /// Applies DC1's response: partitions acked with error 0 become batches. Returns
+    /// the acked partitions of synchronous topics, which the producer's response must
+    /// wait for.
+    pub fn complete(mut self, resp: &ProduceResponse) -> SyncWaits {
         let entries = std::mem::take(&mut self.entries);
+        let mut waits = SyncWaits::new();
         for entry in entries {
             let ack = resp
                 .responses
@@ -329,8 +371,15 @@ impl Ticket {
                 })
                 .filter(|p| p.error_code == 0 && p.base_offset >= 0)
                 .map(|p| p.base_offset);
+            if let (Some(base), Some(facts), Some(sync)) =
+                (ack, entry.facts, &self.capture.sync_topics)
+                && sync.wants(&entry.tp.topic)
+            {
+                waits.push((entry.tp.clone(), base + facts.last_offset_delta));
+            }
             self.capture.finish(entry, ack);
         }
+        waits
     }
 }
 

@@ -597,4 +597,13 @@ impl crate::tee::capture::Sink for ReplicatorHandle {
     fn wants(&self, topic: &str) -> bool {
         ReplicatorHandle::wants(self, topic)
     }
+
+    fn wait_replicated(
+        &self,
+        tp: TopicPartition,
+        offset: i64,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async move { ReplicatorHandle::wait_replicated(self, &tp, offset, timeout).await })
+    }
 }
