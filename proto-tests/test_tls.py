@@ -30,7 +30,7 @@ def _make_leaf(d: Path, ca: str, name: str, server: bool) -> None:
              "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
     ext = d / f"{name}.ext"
     if server:
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:*.kafka.test\n"
                        "extendedKeyUsage=serverAuth\n")
     else:
         ext.write_text("extendedKeyUsage=clientAuth\n")
@@ -191,3 +191,46 @@ def test_tls_towards_upstream(dc1, proxy, pki, tmp_path):
     assert not res.errors, res.errors
     got = harness.consume_confluent(dc1.bootstrap, topic, expected=30)
     harness.assert_same_records(res.acked, got, "through TLS upstream")
+
+
+def test_sni_routing_on_one_port(dc1, proxy, pki, tmp_path, monkeypatch):
+    """One TLS port for every broker: brokers are named broker-<id>.kafka.test and the
+    server name the client asks for picks the broker. kafka-python resolves names with
+    socket.getaddrinfo, which the test points at 127.0.0.1 for *.kafka.test."""
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if isinstance(host, str) and host.endswith(".kafka.test"):
+            host = HOST
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    cfg = tmp_path / "sni.toml"
+    cfg.write_text(f'[tls]\ncert = "{pki / "server.pem"}"\nkey = "{pki / "server.key"}"\n'
+                   'sni_domain = "kafka.test"\n')
+    p = proxy(dc1.bootstrap, config=cfg)
+    topic = harness.unique("sni")
+    harness.create_topic(dc1.bootstrap, topic, partitions=2)
+    tls = dict(security_protocol="SSL", ssl_cafile=str(pki / "ca.pem"))
+
+    from kafka import KafkaAdminClient
+
+    a = KafkaAdminClient(bootstrap_servers=p.bootstrap, **tls)
+    try:
+        brokers = a.describe_cluster()["brokers"]
+    finally:
+        a.close()
+    assert brokers and all(
+        b["host"] == f"broker-{b.get('node_id', b.get('broker_id'))}.kafka.test"
+        and b["port"] == p.port
+        for b in brokers
+    ), brokers
+
+    sent = harness.make_records(30, tag="sni", partitions=2)
+    res = harness.produce_kafka_python(p.bootstrap, topic, sent, **tls)
+    assert not res.errors, res.errors
+    got = harness.consume_kafka_python(p.bootstrap, topic, expected=30, **tls)
+    harness.assert_same_records(res.acked, got, "through SNI routing")
+    # No per-broker port was opened.
+    with pytest.raises(OSError):
+        socket.create_connection((HOST, p.port + 1), timeout=2).close()

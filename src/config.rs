@@ -198,6 +198,10 @@ pub struct TlsConfig {
     pub reload_interval_ms: u64,
     /// A TLS handshake that takes longer closes the connection. In milliseconds.
     pub handshake_timeout_ms: u64,
+    /// SNI routing: brokers are handed out as `broker-<id>.<domain>` on the bootstrap
+    /// port and told apart by the TLS server name, instead of one port per broker.
+    /// The names must resolve to the proxy (a wildcard DNS record).
+    pub sni_domain: Option<String>,
 }
 
 impl Default for TlsConfig {
@@ -208,6 +212,7 @@ impl Default for TlsConfig {
             client_ca: None,
             reload_interval_ms: 10_000,
             handshake_timeout_ms: 10_000,
+            sni_domain: None,
         }
     }
 }
@@ -319,6 +324,9 @@ impl Config {
                 problems.push("tls: cert and key must be given together".into())
             }
             _ => {}
+        }
+        if self.tls.sni_domain.is_some() && !self.tls.enabled() {
+            problems.push("tls.sni_domain: SNI routing needs tls.cert and tls.key".into());
         }
         if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
             problems.push("tls.client_ca: needs tls.cert and tls.key".into());

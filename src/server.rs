@@ -80,12 +80,15 @@ pub async fn run(
         .proxy
         .first_broker_port
         .unwrap_or_else(|| local.port().saturating_add(1));
-    let router = Router::new(
-        local.ip(),
-        advertised,
-        first_port,
-        config.proxy.broker_ports.clone(),
-    );
+    let router = match &config.tls.sni_domain {
+        Some(domain) => Router::with_sni(local.ip(), domain.clone(), local.port()),
+        None => Router::new(
+            local.ip(),
+            advertised,
+            first_port,
+            config.proxy.broker_ports.clone(),
+        ),
+    };
     let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
 
     let tee = if config.replication_enabled() {

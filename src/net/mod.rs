@@ -82,7 +82,15 @@ impl Acceptor {
             return session::run(stream, peer, upstream, ctx).await;
         };
         match tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream)).await {
-            Ok(Ok(stream)) => session::run(stream, peer, upstream, ctx).await,
+            Ok(Ok(stream)) => {
+                let upstream = if ctx.router.sni_routing() {
+                    ctx.router
+                        .upstream_for_sni(stream.get_ref().1.server_name())
+                } else {
+                    upstream
+                };
+                session::run(stream, peer, upstream, ctx).await
+            }
             Ok(Err(e)) => {
                 metrics::counter!("kafka_tee_tls_handshake_failures_total").increment(1);
                 tracing::warn!(%peer, "TLS handshake failed (plaintext client on a TLS port?): {e}");

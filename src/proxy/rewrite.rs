@@ -19,11 +19,19 @@ pub trait AddressMap: Sync {
     fn advertised_host(&self) -> &str;
     /// Proxy ports for a set of brokers, assigned together (in node-id order).
     fn proxy_ports(&self, brokers: &mut [(i32, String)]) -> Vec<(i32, Option<u16>)>;
+    /// The host name handed out for one broker; the same for all unless brokers are
+    /// told apart by TLS server name.
+    fn host_for(&self, _broker: i32) -> std::borrow::Cow<'_, str> {
+        self.advertised_host().into()
+    }
 }
 
 impl AddressMap for crate::proxy::Router {
     fn advertised_host(&self) -> &str {
         crate::proxy::Router::advertised_host(self)
+    }
+    fn host_for(&self, broker: i32) -> std::borrow::Cow<'_, str> {
+        crate::proxy::Router::host_for(self, broker)
     }
     fn proxy_ports(&self, brokers: &mut [(i32, String)]) -> Vec<(i32, Option<u16>)> {
         self.ensure_all(brokers)
@@ -54,10 +62,9 @@ fn remap<'a>(
         .map(|(id, h, p)| (*id, format!("{}:{}", h.as_str(), p)))
         .collect();
     let ports = map.proxy_ports(&mut brokers);
-    let host = StrBytes::from_string(map.advertised_host().to_owned());
     for (id, h, p) in slots.iter_mut() {
         if let Some((_, Some(port))) = ports.iter().find(|(pid, _)| pid == id) {
-            **h = host.clone();
+            **h = StrBytes::from_string(map.host_for(*id).into_owned());
             **p = i32::from(*port);
         }
     }

@@ -5,6 +5,10 @@
 //! configured ports first, otherwise sequentially from `first_broker_port`. The brokers
 //! of one response are assigned in node-id order, so the same cluster always gets the
 //! same ports from a fresh start.
+//!
+//! With SNI routing, no per-broker ports are opened: every broker is handed out as
+//! `broker-<id>.<domain>` on the bootstrap port, and the TLS server name a client asks
+//! for picks the broker (`upstream_for_sni`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +41,8 @@ pub struct Router {
     bind_ip: IpAddr,
     advertised_host: String,
     explicit_ports: BTreeMap<i32, u16>,
+    /// SNI routing: (domain, the one port every broker shares).
+    sni: Option<(String, u16)>,
     routes: Mutex<RouteTable>,
     spawner: OnceLock<ListenerSpawner>,
 }
@@ -69,12 +75,53 @@ impl Router {
             bind_ip,
             advertised_host,
             explicit_ports,
+            sni: None,
             routes: Mutex::new(RouteTable {
                 by_id: BTreeMap::new(),
                 next_port: u32::from(first_broker_port),
             }),
             spawner: OnceLock::new(),
         })
+    }
+
+    /// A router that tells brokers apart by TLS server name: `broker-<id>.<domain>`,
+    /// all on `port`.
+    pub fn with_sni(bind_ip: IpAddr, domain: String, port: u16) -> Arc<Self> {
+        let mut r = Self::new(bind_ip, domain.clone(), port, BTreeMap::new());
+        if let Some(r) = Arc::get_mut(&mut r) {
+            r.sni = Some((domain, port));
+        }
+        r
+    }
+
+    /// The host name handed out for a broker.
+    pub fn host_for(&self, id: i32) -> std::borrow::Cow<'_, str> {
+        match &self.sni {
+            Some((domain, _)) => format!("broker-{id}.{domain}").into(),
+            None => self.advertised_host.as_str().into(),
+        }
+    }
+
+    /// The upstream a TLS client asked for by server name: a known broker for
+    /// `broker-<id>.<domain>`, otherwise the bootstrap brokers.
+    pub fn upstream_for_sni(&self, server_name: Option<&str>) -> Upstream {
+        let id = self.sni.as_ref().and_then(|(domain, _)| {
+            server_name?
+                .strip_suffix(domain.as_str())?
+                .strip_suffix('.')?
+                .strip_prefix("broker-")?
+                .parse::<i32>()
+                .ok()
+        });
+        match id {
+            Some(id) if self.upstream_of(BrokerId(id)).is_some() => Upstream::Broker(BrokerId(id)),
+            _ => Upstream::Bootstrap,
+        }
+    }
+
+    /// Whether brokers are routed by TLS server name.
+    pub fn sni_routing(&self) -> bool {
+        self.sni.is_some()
     }
 
     /// Installs the function that starts accepting on new broker listeners.
@@ -120,6 +167,17 @@ impl Router {
                 route.upstream = upstream.to_owned();
             }
             return Ok(route.proxy_port);
+        }
+        if let Some((_, port)) = &self.sni {
+            table.by_id.insert(
+                id.0,
+                Route {
+                    upstream: upstream.to_owned(),
+                    proxy_port: *port,
+                },
+            );
+            tracing::info!(broker = id.0, %upstream, name = %self.host_for(id.0), "broker routed by TLS server name");
+            return Ok(*port);
         }
         let (port, listener) = match self.explicit_ports.get(&id.0) {
             Some(&port) => {
@@ -221,6 +279,25 @@ mod tests {
             base + 1
         );
         assert_eq!(r.upstream_of(BrokerId(2)).as_deref(), Some("b2-new:9092"));
+    }
+
+    #[test]
+    fn sni_names_route_to_brokers() {
+        let r = Router::with_sni("127.0.0.1".parse().expect("ip"), "kafka.test".into(), 9092);
+        assert_eq!(r.ensure(BrokerId(7), "b7:1").expect("port"), 9092);
+        assert_eq!(r.host_for(7), "broker-7.kafka.test");
+        assert_eq!(
+            r.upstream_for_sni(Some("broker-7.kafka.test")),
+            Upstream::Broker(BrokerId(7))
+        );
+        for other in [
+            Some("broker-8.kafka.test"),
+            Some("broker-7.other.test"),
+            Some("kafka.test"),
+            None,
+        ] {
+            assert_eq!(r.upstream_for_sni(other), Upstream::Bootstrap, "{other:?}");
+        }
     }
 
     #[test]

@@ -68,14 +68,19 @@ pub enum SessionError {
 impl SessionError {
     /// A peer closing its socket is routine, not an error worth a warning.
     pub fn is_routine(&self) -> bool {
-        matches!(
-            self,
-            SessionError::ClientFrame(FrameError::Closed)
-                | SessionError::UpstreamFrame {
-                    source: FrameError::Closed,
-                    ..
-                }
-        ) || matches!(self, SessionError::Client(m) if m.contains("connection reset") || m.contains("Broken pipe"))
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+        let io_routine =
+            |e: &std::io::Error| matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe);
+        match self {
+            SessionError::ClientFrame(FrameError::Closed) => true,
+            SessionError::ClientFrame(FrameError::Io(e)) => io_routine(e),
+            SessionError::UpstreamFrame {
+                source: FrameError::Closed,
+                ..
+            } => true,
+            SessionError::Client(m) => m.contains("connection reset") || m.contains("Broken pipe"),
+            _ => false,
+        }
     }
 }
 
