@@ -147,11 +147,75 @@ def produce_kafka_python(bootstrap: str, topic: str, records: Sequence[TRec],
     return out
 
 
+def produce_transaction_mix(bootstrap: str, topic: str, partitions: int = 2,
+                            value_size: int = 0) -> tuple[list[bytes], list[bytes]]:
+    """A transactional producer commits transaction A, aborts B and commits C, with a
+    plain producer's records before, between and after them, and while C is open.
+    Returns the keys that must be visible (committed and plain) and the aborted ones."""
+    from confluent_kafka import Producer
+
+    plain = Producer(harness.confluent_conf(bootstrap, **{"linger.ms": 1}))
+    txp = Producer(harness.confluent_conf(bootstrap, **{
+        "transactional.id": harness.unique("txid"), "linger.ms": 1,
+        "transaction.timeout.ms": 60000}))
+    errors = []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(str(err))
+
+    def send(p, tag: str, n: int):
+        keys = []
+        for i in range(n):
+            k = f"{tag}-{i}".encode()
+            p.produce(topic, key=k, value=b"v-" + k + b"x" * value_size,
+                      partition=i % partitions, on_delivery=cb,
+                      headers=[("tag", tag.encode())], timestamp=TS_BASE + i)
+            keys.append(k)
+        return keys
+
+    committed: list[bytes] = []
+    aborted: list[bytes] = []
+    txp.init_transactions(30)
+
+    committed += send(plain, "plain1", 10)
+    assert plain.flush(30) == 0
+    txp.begin_transaction()
+    committed += send(txp, "txnA", 20)
+    txp.commit_transaction(30)
+
+    committed += send(plain, "plain2", 10)
+    assert plain.flush(30) == 0
+    txp.begin_transaction()
+    aborted += send(txp, "txnB", 20)
+    assert txp.flush(30) == 0  # in DC1, then aborted
+    txp.abort_transaction(30)
+
+    txp.begin_transaction()
+    committed += send(txp, "txnC", 10)
+    assert txp.flush(30) == 0
+    committed += send(plain, "plain3", 10)  # lands while txnC is open
+    assert plain.flush(30) == 0
+    txp.commit_transaction(30)
+    committed += send(plain, "plain4", 10)
+    assert plain.flush(30) == 0
+    assert errors == [], errors[:5]
+    return committed, aborted
+
+
 # -------------------------------------------------------------------- consuming
 
 
+def no_autocreate_admin(bootstrap: str):
+    """An AdminClient whose metadata requests never create topics. (librdkafka asks
+    with auto-creation on by default, and Tansu then creates the topic with 4
+    partitions: a test looking for a DC2 topic before kafka-tee made it would create
+    it with the wrong partition count.)"""
+    return harness.admin(bootstrap, **{"allow.auto.create.topics": False})
+
+
 def partitions_of(bootstrap: str, topic: str, timeout: float = 10) -> list[int] | None:
-    md = harness.admin(bootstrap).list_topics(topic=topic, timeout=timeout)
+    md = no_autocreate_admin(bootstrap).list_topics(topic=topic, timeout=timeout)
     t = md.topics.get(topic)
     if t is None or t.error is not None or not t.partitions:
         return None
@@ -159,7 +223,7 @@ def partitions_of(bootstrap: str, topic: str, timeout: float = 10) -> list[int] 
 
 
 def topic_names(bootstrap: str, timeout: float = 10) -> set[str]:
-    return set(harness.admin(bootstrap).list_topics(timeout=timeout).topics)
+    return set(no_autocreate_admin(bootstrap).list_topics(timeout=timeout).topics)
 
 
 def wait_partitions(bootstrap: str, topic: str, timeout: float) -> list[int]:
@@ -300,7 +364,8 @@ def assert_same_partitions(want: Sequence[TRec], got: Sequence[TRec], what: str,
 
 
 def sorted_by_offset(recs: Iterable[TRec]) -> list[TRec]:
-    return sorted(recs, key=lambda r: (r.partition, r.offset))
+    """By partition, then offset (records acked without an offset first)."""
+    return sorted(recs, key=lambda r: (r.partition, -1 if r.offset is None else r.offset))
 
 
 @dataclass
@@ -310,6 +375,7 @@ class ReplicationCheck:
     dc2_records: int
     duplicates: int  # DC2 records beyond one copy of each DC1 record
     dc1_duplicates: int  # records the producer itself wrote twice into DC1
+    acked_without_offset: int = 0
 
 
 def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
@@ -320,7 +386,16 @@ def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
     problems = []
     dc1_parts, dc2_parts = by_partition(dc1), by_partition(dc2)
     dc1_at = {(r.partition, r.offset): r for r in dc1}
+    dc1_keys = {r.key for r in dc1}
+    # librdkafka reports a retried batch that the broker had already written
+    # (DUPLICATE_SEQUENCE_NUMBER) as delivered without an offset.
+    no_offset = [r for r in acked if r.offset is None or r.offset < 0]
+    lost_in_dc1 = [r.key for r in no_offset if r.key not in dc1_keys]
+    if lost_in_dc1:
+        problems.append(f"{len(lost_in_dc1)} acked records are not in DC1: {lost_in_dc1[:5]}")
     for r in acked:
+        if r.offset is None or r.offset < 0:
+            continue
         d = dc1_at.get((r.partition, r.offset))
         if d is None or d.key != r.key:
             problems.append(f"acked {r.key!r} at {r.partition}@{r.offset} but DC1 has "
@@ -367,7 +442,7 @@ def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
     for p in set(dc2_parts) - set(dc1_parts):
         problems.append(f"partition {p}: {len(dc2_parts[p])} DC2 records, none in DC1")
     assert not problems, "replication check:\n  " + "\n  ".join(problems)
-    return ReplicationCheck(len(acked), len(dc1), len(dc2), dups, dc1_dups)
+    return ReplicationCheck(len(acked), len(dc1), len(dc2), dups, dc1_dups, len(no_offset))
 
 
 # ------------------------------------------------------------ background producer
@@ -392,7 +467,8 @@ class LoadProducer:
         self.conf.update(conf)
         self.acked: list[TRec] = []
         self.errors: list[str] = []
-        self.latencies: list[float] = []
+        # (seconds since the producer started, delivery latency in seconds)
+        self.latencies: list[tuple[float, float]] = []
         self.sent = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -424,6 +500,12 @@ class LoadProducer:
         with self._lock:
             return list(self.acked)
 
+    def latency_after(self, warmup: float) -> list[float]:
+        """Delivery latencies of the records sent `warmup` seconds or more after the
+        start (the first ones wait for connections and a producer id)."""
+        with self._lock:
+            return [lat for at, lat in self.latencies if at >= warmup]
+
     def stop(self, flush_timeout: float = 60) -> list[TRec]:
         """Stops producing, waits for every outstanding delivery report."""
         self._flush_timeout = flush_timeout
@@ -446,7 +528,7 @@ class LoadProducer:
                 if err is not None:
                     self.errors.append(f"{key!r}: {err}")
                     return
-                self.latencies.append(time.monotonic() - at)
+                self.latencies.append((at - t0, time.monotonic() - at))
                 self.acked.append(TRec(key, msg.value(), _norm_headers(msg.headers()),
                                        msg.timestamp()[1], msg.partition(), msg.offset()))
 
@@ -554,6 +636,21 @@ def write_config(path: Path, sections: dict[str, dict]) -> Path:
         lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+def metric(px: harness.Proxy, name: str, label: str = "") -> float:
+    """The sum of a metric's series on the proxy's admin endpoint (/metrics), only
+    those whose labels contain `label` (e.g. 'reason="aborted"') when given."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://{HOST}:{px.admin_port}/metrics",
+                                  timeout=5).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{") \
+                and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def percentile(values: Sequence[float], q: float) -> float:

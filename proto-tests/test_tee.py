@@ -37,10 +37,11 @@ def tee(dc1, dc2, proxy, tmp_path) -> Tee:
     return Tee(dc1, dc2, px)
 
 
-def tee_with_config(dc1, dc2, proxy, tmp_path, replication: dict) -> Tee:
+def tee_with_config(dc1, dc2, proxy, tmp_path, replication: dict,
+                    admin: bool = False) -> Tee:
     cfg = write_config(tmp_path / "kafka-tee.toml", {"replication": replication})
     px = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "state",
-               config=cfg)
+               config=cfg, admin=admin)
     return Tee(dc1, dc2, px)
 
 
@@ -262,59 +263,30 @@ def test_payload_bytes_unchanged_in_dc2(tee):
 
 
 def test_transactions_only_committed_records_reach_dc2(tee):
+    check_transactions(tee, "tee-txn")
+
+
+def test_transactions_read_back_from_dc1_only_committed_reach_dc2(dc1, dc2, proxy,
+                                                                  tmp_path):
+    """The same with max_pending_bytes = 1024: the transactional batches do not fit in
+    memory, so the replicator reads them back from DC1 and must tell committed from
+    aborted data there (Tansu lists no aborted transactions in Fetch responses)."""
+    t = tee_with_config(dc1, dc2, proxy, tmp_path, {"max_pending_bytes": 1024}, admin=True)
+    check_transactions(t, "tee-txn-catchup", value_size=1200)
+    # Aborted batches are dropped when the abort is seen, so what is read back is the
+    # committed transactions (and plain records).
+    from_dc1 = teeutil.metric(t.px, "kafka_tee_catchup_batches_total")
+    assert from_dc1 > 0, "nothing was read back from DC1"
+
+
+def check_transactions(tee: Tee, prefix: str, value_size: int = 0):
     """A transactional producer (through the proxy) commits one transaction and aborts
     another, interleaved with a plain producer's records, one transaction staying open
     while plain records arrive: DC2 gets exactly the committed and plain records."""
-    from confluent_kafka import Producer
-
-    topic = unique("tee-txn")
+    topic = unique(prefix)
     harness.create_topic(tee.px.bootstrap, topic, partitions=2)
-    plain = Producer(harness.confluent_conf(tee.px.bootstrap, **{"linger.ms": 1}))
-    txp = Producer(harness.confluent_conf(tee.px.bootstrap, **{
-        "transactional.id": unique("txid"), "linger.ms": 1,
-        "transaction.timeout.ms": 60000}))
-    errors = []
-
-    def cb(err, msg):
-        if err is not None:
-            errors.append(str(err))
-
-    def send(p, tag: str, n: int):
-        keys = []
-        for i in range(n):
-            k = f"{tag}-{i}".encode()
-            p.produce(topic, key=k, value=b"v-" + k, partition=i % 2, on_delivery=cb,
-                      headers=[("tag", tag.encode())], timestamp=teeutil.TS_BASE + i)
-            keys.append(k)
-        return keys
-
-    committed: list[bytes] = []
-    aborted: list[bytes] = []
-    txp.init_transactions(30)
-
-    committed += send(plain, "plain1", 10)
-    assert plain.flush(30) == 0
-    txp.begin_transaction()
-    committed += send(txp, "txnA", 20)
-    txp.commit_transaction(30)
-
-    committed += send(plain, "plain2", 10)
-    assert plain.flush(30) == 0
-    txp.begin_transaction()
-    aborted += send(txp, "txnB", 20)
-    assert txp.flush(30) == 0  # in DC1, then aborted
-    txp.abort_transaction(30)
-
-    txp.begin_transaction()
-    committed += send(txp, "txnC", 10)
-    assert txp.flush(30) == 0
-    committed += send(plain, "plain3", 10)  # lands while txnC is open
-    assert plain.flush(30) == 0
-    txp.commit_transaction(30)
-    committed += send(plain, "plain4", 10)
-    assert plain.flush(30) == 0
-    assert errors == [], errors[:5]
-
+    committed, aborted = teeutil.produce_transaction_mix(tee.px.bootstrap, topic,
+                                                         value_size=value_size)
     want = set(committed)
     # Tansu 0.6 lists no aborted transactions in Fetch responses, so a read_committed
     # librdkafka consumer reading DC1 directly gets the aborted records too; DC1's

@@ -1,0 +1,238 @@
+"""A TCP relay for fault tests: sits between a client and a broker and can slow the
+link down, stop forwarding (black hole) and cut every connection, on command.
+
+Runs an asyncio loop in a background thread of the test process; the control methods
+are thread-safe. Each accepted connection gets its own upstream connection and two
+pumps (one per direction). A pump reads a chunk, stamps it with `now + delay` and
+delivers it at that time, in order, so `set_delay` adds latency without reordering.
+While black-holed, nothing is delivered in either direction (chunks wait in the relay
+and reading stops once a small queue is full, so TCP back-pressure reaches the sender),
+and new connections are accepted but get nothing: like a link that went silent.
+`cut()` closes every open connection (both sides), dropping whatever was in transit.
+
+Usable on its own too: `python3 relay.py LISTEN_PORT UPSTREAM_HOST:UPSTREAM_PORT`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+HOST = "127.0.0.1"
+CHUNK = 64 * 1024
+QUEUE_CHUNKS = 16
+
+
+class Relay:
+    def __init__(self, upstream: tuple[str, int], listen_port: int = 0,
+                 listen_host: str = HOST):
+        self.upstream = upstream
+        self.listen_host = listen_host
+        self.port = listen_port
+        self.delay = 0.0
+        self.accepted = 0
+        self.cuts = 0
+        self.bytes_up = 0  # client -> upstream
+        self.bytes_down = 0  # upstream -> client
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set["_Conn"] = set()
+        self._flowing: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # ---------------------------------------------------------------- control
+
+    def start(self, timeout: float = 10.0) -> "Relay":
+        self._thread = threading.Thread(target=self._run, name=f"relay-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("relay did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def set_delay(self, seconds: float) -> None:
+        """Every chunk from now on is delivered `seconds` after it was read."""
+        self.delay = max(0.0, seconds)
+
+    def blackhole(self, on: bool = True) -> None:
+        """Stops (on) or resumes (off) forwarding in both directions."""
+        self._call(lambda: self._flowing.clear() if on else self._flowing.set())
+
+    def cut(self) -> int:
+        """Closes every open connection on both sides; returns how many were cut."""
+        fut = asyncio.run_coroutine_threadsafe(self._cut_all(), self._loop)
+        return fut.result(timeout=10)
+
+    def connections(self) -> int:
+        return len(self._conns)
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def _call(self, fn) -> None:
+        done = threading.Event()
+
+        def run():
+            try:
+                fn()
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        done.wait(timeout=10)
+
+    # ------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self._flowing = asyncio.Event()
+            self._flowing.set()
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._accept, self.listen_host, self.port,
+                                     reuse_address=True))
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as e:  # noqa: BLE001 - reported by start()
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _accept(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.upstream), timeout=10)
+        except (OSError, asyncio.TimeoutError):
+            writer.close()
+            return
+        conn = _Conn(self, reader, writer, up_reader, up_writer)
+        self._conns.add(conn)
+        conn.start()
+
+    async def _cut_all(self) -> int:
+        conns = list(self._conns)
+        for c in conns:
+            c.close()
+        self.cuts += len(conns)
+        return len(conns)
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._cut_all()
+
+
+class _Conn:
+    def __init__(self, relay: Relay, reader, writer, up_reader, up_writer):
+        self.relay = relay
+        self.writers = (writer, up_writer)
+        self.tasks: list[asyncio.Task] = []
+        self.pairs = ((reader, up_writer, "up"), (up_reader, writer, "down"))
+        self.closed = False
+
+    def start(self) -> None:
+        for src, dst, direction in self.pairs:
+            q: asyncio.Queue = asyncio.Queue(QUEUE_CHUNKS)
+            self.tasks.append(asyncio.ensure_future(self._read(src, q)))
+            self.tasks.append(asyncio.ensure_future(self._write(q, dst, direction)))
+
+    async def _read(self, src: asyncio.StreamReader, q: asyncio.Queue) -> None:
+        try:
+            while True:
+                data = await src.read(CHUNK)
+                await self.relay._flowing.wait()
+                await q.put((time.monotonic() + self.relay.delay, data))
+                if not data:
+                    return
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if not self.closed:
+                try:
+                    q.put_nowait((0.0, b""))
+                except asyncio.QueueFull:
+                    self.close()
+
+    async def _write(self, q: asyncio.Queue, dst: asyncio.StreamWriter,
+                     direction: str) -> None:
+        try:
+            while True:
+                due, data = await q.get()
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self.relay._flowing.wait()
+                if not data:
+                    break
+                dst.write(data)
+                await dst.drain()
+                if direction == "up":
+                    self.relay.bytes_up += len(data)
+                else:
+                    self.relay.bytes_down += len(data)
+        except (OSError, asyncio.CancelledError):
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.relay._conns.discard(self)
+        for t in self.tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        for w in self.writers:
+            try:
+                # RST rather than FIN where possible: a cut link, not a polite close.
+                sock = w.get_extra_info("socket")
+                if sock is not None:
+                    import socket
+                    import struct
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                w.close()
+            except OSError:
+                pass
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__)
+        return 2
+    host, port = argv[2].rsplit(":", 1)
+    r = Relay((host, int(port)), int(argv[1])).start()
+    print(f"relay 127.0.0.1:{r.port} -> {host}:{port}; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        r.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
