@@ -668,9 +668,10 @@ async fn dc2_restart_is_survived() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
-/// A scripted stand-in for DC2 that enforces Kafka's idempotent-producer rules
-/// (unknown producer ids, duplicate and out-of-order sequences), so the replicator's
-/// retry paths can be driven with errors Tansu never returns.
+/// A scripted stand-in for a broker. As DC2 it enforces Kafka's idempotent-producer
+/// rules (unknown producer ids, duplicate and out-of-order sequences), so the
+/// replicator's retry paths can be driven with errors Tansu never returns. As DC1 it
+/// serves a fixed log whose start can be moved, as retention would.
 mod mock_dc2 {
     use std::collections::{HashMap, HashSet, VecDeque};
     use std::sync::{Arc, Mutex};
@@ -678,10 +679,13 @@ mod mock_dc2 {
     use bytes::{Buf, BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
         ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-        InitProducerIdResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+        FetchRequest, FetchResponse, InitProducerIdResponse, ListOffsetsRequest,
+        ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
         RequestHeader, ResponseHeader, TopicName,
         api_versions_response::ApiVersion,
         create_topics_response::CreatableTopicResult,
+        fetch_response::{FetchableTopicResponse, PartitionData},
+        list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
         metadata_response::{
             MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
         },
@@ -719,6 +723,34 @@ mod mock_dc2 {
         next_pid: i64,
         /// (pid, topic, partition) -> (recent base sequences, next sequence)
         seqs: HashMap<(i64, String, i32), (VecDeque<i32>, i32)>,
+        /// As DC1: batches per partition (base offsets set) and the log start offset.
+        pub log: HashMap<(String, i32), Vec<Bytes>>,
+        pub log_start: i64,
+    }
+
+    impl State {
+        /// Appends a batch to the DC1 log, setting its base offset.
+        pub fn append(&mut self, topic: &str, partition: i32, batch: &Bytes) -> i64 {
+            let log = self.log.entry((topic.to_string(), partition)).or_default();
+            let base = log.last().map_or(0, end_of);
+            let mut b = BytesMut::from(&batch[..]);
+            b[..8].copy_from_slice(&base.to_be_bytes());
+            log.push(b.freeze());
+            base
+        }
+
+        fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+            self.log
+                .get(&(topic.to_string(), partition))
+                .and_then(|l| l.last())
+                .map_or(0, end_of)
+        }
+    }
+
+    /// The offset after a batch's last record.
+    fn end_of(b: &Bytes) -> i64 {
+        let rb = RecordBatch::parse(b.clone()).expect("batch");
+        rb.base_offset() + i64::from(rb.last_offset_delta()) + 1
     }
 
     enum Outcome {
@@ -882,7 +914,15 @@ mod mock_dc2 {
             let (frame, close) = match key {
                 ApiKey::ApiVersions => {
                     let mut r = ApiVersionsResponse::default();
-                    for (k, lo, hi) in [(0, 3, 9), (3, 1, 9), (18, 0, 3), (19, 2, 5), (22, 0, 4)] {
+                    for (k, lo, hi) in [
+                        (0, 3, 9),
+                        (1, 4, 11),
+                        (2, 1, 7),
+                        (3, 1, 9),
+                        (18, 0, 3),
+                        (19, 2, 5),
+                        (22, 0, 4),
+                    ] {
                         let mut v = ApiVersion::default();
                         v.api_key = k;
                         v.min_version = lo;
@@ -982,6 +1022,62 @@ mod mock_dc2 {
                     }
                     (respond(cid, version, &r), false)
                 }
+                ApiKey::Fetch => {
+                    let req = FetchRequest::decode(&mut body, version).expect("fetch");
+                    let st = state.lock().expect("state");
+                    let mut r = FetchResponse::default();
+                    for t in req.topics {
+                        let mut tr = FetchableTopicResponse::default();
+                        tr.topic = t.topic.clone();
+                        for p in t.partitions {
+                            let name = t.topic.0.to_string();
+                            let hw = st.high_watermark(&name, p.partition);
+                            let mut pd = PartitionData::default();
+                            pd.partition_index = p.partition;
+                            pd.high_watermark = hw;
+                            pd.last_stable_offset = hw;
+                            pd.log_start_offset = st.log_start;
+                            pd.aborted_transactions = Some(Vec::new());
+                            if p.fetch_offset < st.log_start || p.fetch_offset > hw {
+                                pd.error_code = 1;
+                            } else {
+                                let mut out = BytesMut::new();
+                                for b in st.log.get(&(name, p.partition)).into_iter().flatten() {
+                                    if end_of(b) > p.fetch_offset
+                                        && out.len() < p.partition_max_bytes as usize
+                                    {
+                                        out.extend_from_slice(b);
+                                    }
+                                }
+                                pd.records = Some(out.freeze());
+                            }
+                            tr.partitions.push(pd);
+                        }
+                        r.responses.push(tr);
+                    }
+                    (respond(cid, version, &r), false)
+                }
+                ApiKey::ListOffsets => {
+                    let req = ListOffsetsRequest::decode(&mut body, version).expect("list");
+                    let st = state.lock().expect("state");
+                    let mut r = ListOffsetsResponse::default();
+                    for t in req.topics {
+                        let mut tr = ListOffsetsTopicResponse::default();
+                        tr.name = t.name.clone();
+                        for p in t.partitions {
+                            let mut pr = ListOffsetsPartitionResponse::default();
+                            pr.partition_index = p.partition_index;
+                            pr.offset = if p.timestamp == -2 {
+                                st.log_start
+                            } else {
+                                st.high_watermark(t.name.0.as_str(), p.partition_index)
+                            };
+                            tr.partitions.push(pr);
+                        }
+                        r.topics.push(tr);
+                    }
+                    (respond(cid, version, &r), false)
+                }
                 _ => return,
             };
             if sock.write_all(&frame).await.is_err() || close {
@@ -1067,6 +1163,62 @@ async fn dc2_errors_keep_order_and_sequences() {
         }
     }
     assert_eq!(budget.used(), 0);
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_gone_from_dc1_are_reported_and_skipped() {
+    use mock_dc2::MockDc2;
+    init_logging();
+    let dc1 = MockDc2::start().await;
+    let dc2 = Broker::start("dc2g");
+    let state = tempdir("gone");
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    dst.create_topic("dc1.old", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC2 topic");
+    let batches: Vec<Bytes> = (0..4)
+        .map(|i| batch(&format!("g{i}"), 5, Compression::None))
+        .collect();
+    let mut end = 0;
+    {
+        let mut st = dc1.state.lock().expect("state");
+        st.topics.insert("old".into(), 1);
+        for b in &batches {
+            end = st.append("old", 0, b) + 4;
+        }
+        // Retention removed the first two batches.
+        st.log_start = 10;
+    }
+    let mut cfg = Config::default();
+    cfg.source.bootstrap = vec![dc1.addr.clone()];
+    cfg.target.bootstrap = vec![dc2.addr.clone()];
+    cfg.replication.topic_prefix = "dc1.".into();
+    cfg.replication.retry_backoff_ms = 20;
+    cfg.state.dir = Some(state.clone());
+    let budget = Arc::new(Budget::new(1 << 20));
+    let rep = replicator::start(&cfg, budget.clone())
+        .await
+        .expect("start");
+    let tp = TopicPartition {
+        topic: Arc::from("old"),
+        partition: 0,
+    };
+    rep.handle()
+        .push(tp.clone(), Pending::Gap { from: 0, to: end });
+    assert!(
+        rep.handle()
+            .wait_replicated(&tp, end, Duration::from_secs(30))
+            .await,
+        "the rest of the gap is not replicated"
+    );
+    let got = read_batches(&dst, "dc1.old", 0).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|b| &b.bytes()[HEADER_LEN..]).collect();
+    assert_eq!(
+        payloads,
+        vec![&batches[2][HEADER_LEN..], &batches[3][HEADER_LEN..]]
+    );
     rep.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state);
 }
