@@ -377,6 +377,11 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
         0,
         "every reserved byte is released once DC2 has it"
     );
+    let status = h.partitions();
+    assert_eq!(status.len(), 2, "{status:?}");
+    let s0 = status.iter().find(|s| s.tp == tp0).expect("partition 0");
+    assert_eq!(s0.replicated_offset, Some(end0));
+    assert_eq!((s0.lag_offsets, s0.pending_bytes), (0, 0));
 
     // DC2 holds the same batches in order, payload bytes unchanged, under the
     // replicator's producer id with contiguous sequences and no transactional bit.
@@ -506,6 +511,13 @@ async fn partition_count_mismatch_holds_the_topic() {
         !rep.handle()
             .wait_replicated(&tp, base, Duration::from_millis(500))
             .await
+    );
+    let status = rep.handle().partitions();
+    assert!(
+        status
+            .iter()
+            .any(|s| s.tp == tp && s.state.starts_with("held: partition counts differ")),
+        "{status:?}"
     );
     assert!(read_batches(&dst, "dc1.events", 0).await.is_empty());
     let report = verify(&dc1, &dc2, "events").await;

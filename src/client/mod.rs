@@ -312,7 +312,8 @@ struct Inner {
     /// One connect at a time per broker id, so a burst of callers opens one socket.
     connecting: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<()>>>>,
     /// Coalesces concurrent metadata refreshes.
-    refreshing: tokio::sync::Mutex<Option<Instant>>,
+    /// When each topic's metadata was last refreshed ("" for brokers only).
+    refreshing: tokio::sync::Mutex<HashMap<String, Instant>>,
     /// Round-robin start for bootstrap addresses.
     bootstrap_next: AtomicUsize,
 }
@@ -340,7 +341,7 @@ impl Client {
                 meta: RwLock::new(MetadataCache::default()),
                 conns: RwLock::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
-                refreshing: tokio::sync::Mutex::new(None),
+                refreshing: tokio::sync::Mutex::new(HashMap::new()),
                 bootstrap_next: AtomicUsize::new(0),
             }),
         }
@@ -416,16 +417,29 @@ impl Client {
     /// `retry_backoff`; used after leader errors, where many callers notice at once.
     pub async fn refresh_metadata_coalesced(&self, topics: &[&str]) -> Result<(), ClientError> {
         let started = Instant::now();
+        let fresh_since = started
+            .checked_sub(self.inner.cfg.retry_backoff)
+            .unwrap_or(started);
+        let keys: Vec<&str> = if topics.is_empty() {
+            vec![""]
+        } else {
+            topics.to_vec()
+        };
         let mut last = self.inner.refreshing.lock().await;
-        if let Some(t) = *last
-            && t >= started
-                .checked_sub(self.inner.cfg.retry_backoff)
-                .unwrap_or(started)
+        if keys
+            .iter()
+            .all(|k| last.get(*k).is_some_and(|t| *t >= fresh_since))
         {
             return Ok(());
         }
         let r = self.refresh_metadata(Some(topics)).await;
-        *last = Some(Instant::now());
+        let now = Instant::now();
+        for k in keys {
+            last.insert(k.to_string(), now);
+        }
+        if last.len() > 10_000 {
+            last.retain(|_, t| *t >= fresh_since);
+        }
         r.map(|_| ())
     }
 

@@ -123,6 +123,36 @@ struct Progress {
     next_sequence: i32,
 }
 
+/// One DC1 partition as the replicator sees it, for status pages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionReplication {
+    pub tp: TopicPartition,
+    /// Last DC1 offset known to be in DC2.
+    pub replicated_offset: Option<i64>,
+    /// Last DC1 offset handed to the replicator.
+    pub pushed_offset: Option<i64>,
+    /// Offsets handed over and not yet in DC2 (transaction markers count too).
+    pub lag_offsets: u64,
+    /// Bytes of captured batches held in memory for DC2.
+    pub pending_bytes: u64,
+    /// How long the partition has been behind; zero when caught up.
+    pub behind_for: Duration,
+    /// "in sync", "replicating", "catching up", "retrying: <why>", "held: <why>",
+    /// or "idle" for a partition known only from the checkpoint.
+    pub state: String,
+}
+
+/// What a worker last reported about its partition.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    replicated_offset: Option<i64>,
+    pushed_offset: Option<i64>,
+    lag_offsets: u64,
+    pending_bytes: u64,
+    behind_since: Option<Instant>,
+    state: String,
+}
+
 /// State shared by the handle, workers, senders and the checkpoint task.
 struct Shared {
     settings: Settings,
@@ -136,6 +166,7 @@ struct Shared {
     progress_version: AtomicU64,
     committed: Notify,
     workers: DashMap<TopicPartition, mpsc::UnboundedSender<Pending>>,
+    states: DashMap<TopicPartition, Arc<Mutex<Snapshot>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     senders: Mutex<HashMap<i32, mpsc::Sender<sender::Unit>>>,
     sender_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -320,6 +351,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         progress_version: AtomicU64::new(0),
         committed: Notify::new(),
         workers: DashMap::new(),
+        states: DashMap::new(),
         tasks: Mutex::new(Vec::new()),
         senders: Mutex::new(HashMap::new()),
         sender_tasks: Mutex::new(Vec::new()),
@@ -562,6 +594,44 @@ impl ReplicatorHandle {
             .iter()
             .map(|e| (e.key().clone(), e.offset))
             .collect()
+    }
+
+    /// Every partition the replicator knows: those with traffic since the start, then
+    /// those known only from the checkpoint.
+    pub fn partitions(&self) -> Vec<PartitionReplication> {
+        let now = Instant::now();
+        let mut out: Vec<PartitionReplication> = self
+            .shared
+            .states
+            .iter()
+            .map(|e| {
+                let s = e.value().lock().unwrap_or_else(|p| p.into_inner()).clone();
+                PartitionReplication {
+                    tp: e.key().clone(),
+                    replicated_offset: s.replicated_offset,
+                    pushed_offset: s.pushed_offset,
+                    lag_offsets: s.lag_offsets,
+                    pending_bytes: s.pending_bytes,
+                    behind_for: s.behind_since.map_or(Duration::ZERO, |t| now - t),
+                    state: s.state,
+                }
+            })
+            .collect();
+        for e in self.shared.progress.iter() {
+            if !self.shared.states.contains_key(e.key()) {
+                out.push(PartitionReplication {
+                    tp: e.key().clone(),
+                    replicated_offset: Some(e.offset),
+                    pushed_offset: None,
+                    lag_offsets: 0,
+                    pending_bytes: 0,
+                    behind_for: Duration::ZERO,
+                    state: "idle".into(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.tp.cmp(&b.tp));
+        out
     }
 
     /// The last DC1 offset of `tp` known to be in DC2.

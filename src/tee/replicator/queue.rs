@@ -31,6 +31,15 @@ pub(super) fn batch_last_offset(base_offset: i64, records: &bytes::Bytes) -> i64
 #[derive(Debug, Default)]
 pub(super) struct PartitionQueue {
     items: VecDeque<Pending>,
+    /// Bytes of the batches in `items`.
+    bytes: usize,
+}
+
+fn batch_len(item: &Pending) -> usize {
+    match item {
+        Pending::Batch { records, .. } => records.len(),
+        Pending::Gap { .. } => 0,
+    }
 }
 
 impl PartitionQueue {
@@ -44,7 +53,9 @@ impl PartitionQueue {
     }
 
     pub(super) fn pop_front(&mut self) -> Option<Pending> {
-        self.items.pop_front()
+        let item = self.items.pop_front()?;
+        self.bytes -= batch_len(&item);
+        Some(item)
     }
 
     /// Appends an item; a gap that touches or overlaps the last gap is merged into it.
@@ -58,6 +69,7 @@ impl PartitionQueue {
             *bt = (*bt).max(to);
             return;
         }
+        self.bytes += batch_len(&item);
         self.items.push_back(item);
     }
 
@@ -83,6 +95,7 @@ impl PartitionQueue {
     pub(super) fn batches_to_gaps(&mut self) -> usize {
         let mut released = 0;
         let old = std::mem::take(&mut self.items);
+        self.bytes = 0;
         for item in old {
             match item {
                 Pending::Batch {
@@ -104,28 +117,13 @@ impl PartitionQueue {
 
     /// Drops everything, returning the batch bytes released.
     pub(super) fn clear(&mut self) -> usize {
-        let released = self
-            .items
-            .iter()
-            .map(|i| match i {
-                Pending::Batch { records, .. } => records.len(),
-                Pending::Gap { .. } => 0,
-            })
-            .sum();
         self.items.clear();
-        released
+        std::mem::take(&mut self.bytes)
     }
 
     /// Bytes of the batches held.
-    #[cfg(test)]
     pub(super) fn batch_bytes(&self) -> usize {
-        self.items
-            .iter()
-            .map(|i| match i {
-                Pending::Batch { records, .. } => records.len(),
-                Pending::Gap { .. } => 0,
-            })
-            .sum()
+        self.bytes
     }
 
     #[cfg(test)]

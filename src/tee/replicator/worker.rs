@@ -25,7 +25,7 @@ use super::catchup::{CatchUp, Skipped, Step};
 use super::queue::{PartitionQueue, item_range};
 use super::sender::{Unit, UnitResult};
 use super::topics::{GateContext, RECHECK, TopicGate, TopicStatus};
-use super::{Identity, Progress, Shared};
+use super::{Identity, Progress, Shared, Snapshot};
 use crate::client::{Backoff, is_metadata_error};
 use crate::tee::batch::RecordBatch;
 use crate::tee::{Pending, TopicPartition};
@@ -164,6 +164,9 @@ pub(super) struct Worker {
     backoff: Backoff,
     ooo_strikes: u32,
     last_warn: Option<Instant>,
+    /// The latest trouble, until the next batch gets through.
+    trouble: Option<String>,
+    snapshot: Arc<std::sync::Mutex<Snapshot>>,
 }
 
 impl Worker {
@@ -176,6 +179,15 @@ impl Worker {
         let gate = sh.gates.gate(&tp.topic);
         let restored = sh.progress.get(&tp).map(|p| *p);
         let backoff = Backoff::new(sh.settings.retry_backoff, sh.settings.retry_backoff_max);
+        let snapshot = Arc::new(std::sync::Mutex::new(Snapshot {
+            replicated_offset: restored.map(|p| p.offset),
+            pushed_offset: restored.map(|p| p.offset),
+            lag_offsets: 0,
+            pending_bytes: 0,
+            behind_since: None,
+            state: "starting".into(),
+        }));
+        sh.states.insert(tp.clone(), snapshot.clone());
         let catchup_backoff = Backoff::new(
             Duration::from_millis(50),
             sh.settings.retry_backoff_max.min(Duration::from_secs(1)),
@@ -206,6 +218,8 @@ impl Worker {
             backoff,
             ooo_strikes: 0,
             last_warn: None,
+            trouble: None,
+            snapshot,
             sh,
             tp,
         }
@@ -221,6 +235,7 @@ impl Worker {
             if self.finished() {
                 break;
             }
+            self.report();
             if !self.is_ready() {
                 if self.sh.draining.is_cancelled() && self.is_held() {
                     // Held data stays in DC1; the checkpoint says where to resume.
@@ -253,6 +268,42 @@ impl Worker {
             self.await_front().await;
         }
         self.release_all();
+        self.sh
+            .states
+            .remove_if(&self.tp, |_, s| Arc::ptr_eq(s, &self.snapshot));
+    }
+
+    /// Publishes the partition's state for status pages.
+    fn report(&mut self) {
+        let lag = match (self.pushed_upto, self.acked.or(self.lag_base)) {
+            (Some(p), Some(b)) => (p - b).max(0) as u64,
+            _ => 0,
+        };
+        let pending = self.queue.batch_bytes()
+            + self.ready.iter().map(|r| r.budget).sum::<usize>()
+            + self.inflight.iter().map(|s| s.ready.budget).sum::<usize>();
+        let state = match (&self.status, &self.trouble) {
+            (Some(TopicStatus::Mismatch { dc1, dc2 }), _) => {
+                format!("held: partition counts differ (DC1 {dc1}, DC2 {dc2})")
+            }
+            (Some(TopicStatus::Missing), _) => "held: the DC2 topic does not exist".into(),
+            (Some(TopicStatus::Failed(why)), _) => format!("held: {why}"),
+            (_, Some(t)) => format!("retrying: {t}"),
+            _ if self.catchup.is_some() => "catching up".into(),
+            _ if lag > 0 => "replicating".into(),
+            _ => "in sync".into(),
+        };
+        let mut s = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        s.replicated_offset = self.acked;
+        s.pushed_offset = self.pushed_upto;
+        s.lag_offsets = lag;
+        s.pending_bytes = pending as u64;
+        s.behind_since = match (lag, s.behind_since) {
+            (0, _) => None,
+            (_, Some(t)) => Some(t),
+            (_, None) => Some(Instant::now()),
+        };
+        s.state = state;
     }
 
     fn finished(&self) -> bool {
@@ -329,6 +380,7 @@ impl Worker {
             Ok(s) if s.is_ready() => {
                 self.status = Some(s);
                 self.backoff.reset();
+                self.trouble = None;
             }
             Ok(s) => {
                 self.status = Some(s);
@@ -828,6 +880,7 @@ impl Worker {
         }
         self.ooo_strikes = 0;
         self.backoff.reset();
+        self.trouble = None;
         self.publish();
     }
 
@@ -857,6 +910,8 @@ impl Worker {
 
     /// Records progress for the checkpoint and waiters.
     fn publish(&mut self) {
+        self.update_lag();
+        self.report();
         if let (Some(offset), Some(id)) = (self.acked, self.ident) {
             self.sh.progress.insert(
                 self.tp.clone(),
@@ -867,9 +922,9 @@ impl Worker {
                     next_sequence: self.acked_seq,
                 },
             );
+            // Waiters wake up now, so everything they may read is already updated.
             self.sh.progress_changed();
         }
-        self.update_lag();
     }
 
     fn update_lag(&mut self) {
@@ -898,6 +953,7 @@ impl Worker {
     }
 
     async fn pause_until(&mut self, until: Instant) {
+        self.report();
         let hard = self.sh.hard_stop.clone();
         let draining = self.sh.draining.clone();
         loop {
@@ -917,6 +973,7 @@ impl Worker {
 
     /// Waits for something to do.
     async fn idle(&mut self) {
+        self.report();
         let hard = self.sh.hard_stop.clone();
         let draining = self.sh.draining.clone();
         tokio::select! {
@@ -931,6 +988,7 @@ impl Worker {
     }
 
     fn warn_limited(&mut self, what: &str) {
+        self.trouble = Some(what.to_string());
         let now = Instant::now();
         if self
             .last_warn
