@@ -295,7 +295,11 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
     let state = tempdir("main");
     let src = client(Cluster::Dc1, &dc1.addr);
     let dst = client(Cluster::Dc2, &dc2.addr);
-    src.create_topic("orders", 2, &[], Duration::from_secs(5))
+    let settings = vec![
+        ("cleanup.policy".to_string(), "delete".to_string()),
+        ("retention.ms".to_string(), "3600000".to_string()),
+    ];
+    src.create_topic("orders", 2, &settings, Duration::from_secs(5))
         .await
         .expect("create DC1 topic");
 
@@ -412,6 +416,14 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
     assert_eq!(got1.len(), p1.len());
     for (g, (_, want)) in got1.iter().zip(&p1) {
         assert_eq!(&g.bytes()[HEADER_LEN..], &want[HEADER_LEN..]);
+    }
+    // The DC2 topic was created with DC1's settings.
+    let copied = dst
+        .describe_topic_configs("dc1.orders", &["cleanup.policy", "retention.ms"])
+        .await
+        .expect("DC2 configs");
+    for kv in &settings {
+        assert!(copied.contains(kv), "{kv:?} not in {copied:?}");
     }
     let topic = dst
         .topic("dc1.orders")
