@@ -199,26 +199,38 @@ where
         addr: addr.to_owned(),
         message: format!("write failed: {e}"),
     };
+    // Wake up every `tick` to check for a stalled partial frame (no new byte for a
+    // whole tick) and for idleness; `frames.next()` is cancel-safe, so waking loses
+    // nothing.
+    let tick = stalled.min(idle);
+    let mut last_frame = Instant::now();
+    let mut partial_len: Option<usize> = None;
     loop {
-        // A frame half read waits `stalled` at most; between frames, `idle`.
-        let partial = !frames.read_buffer().is_empty();
-        let wait = if partial { stalled } else { idle };
         let frame = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(wait, frames.next()) => match r {
-                Err(_) if partial => {
-                    return Err(SessionError::Client(format!("request bytes stopped arriving mid-frame for {wait:?}, closing")));
+            r = tokio::time::timeout(tick, frames.next()) => match r {
+                Err(_) => {
+                    let buffered = frames.read_buffer().len();
+                    if buffered > 0 {
+                        if partial_len == Some(buffered) {
+                            return Err(SessionError::Client(format!(
+                                "request bytes stopped arriving mid-frame for {tick:?}, closing"
+                            )));
+                        }
+                        partial_len = Some(buffered);
+                    } else if last_frame.elapsed() >= idle && fifo.capacity() == fifo.max_capacity() {
+                        return Err(SessionError::Client(format!("idle for {idle:?}, closing")));
+                    }
+                    continue;
                 }
-                Err(_) if fifo.capacity() == fifo.max_capacity() => {
-                    return Err(SessionError::Client(format!("idle for {idle:?}, closing")));
-                }
-                Err(_) => continue,
                 Ok(None) => return Ok(()),
                 Ok(Some(Err(e))) => return Err(SessionError::ClientFrame(e)),
                 Ok(Some(Ok(f))) => f,
             },
         };
+        last_frame = Instant::now();
+        partial_len = None;
         let Some(peek) = peek_request_header(&frame) else {
             return Err(SessionError::Client(format!(
                 "request of {} bytes is shorter than a header",
