@@ -16,6 +16,8 @@ Usable on its own too: `python3 relay.py LISTEN_PORT UPSTREAM_HOST:UPSTREAM_PORT
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import sys
 import threading
 import time
@@ -210,8 +212,6 @@ class _Conn:
                 # RST rather than FIN where possible: a cut link, not a polite close.
                 sock = w.get_extra_info("socket")
                 if sock is not None:
-                    import socket
-                    import struct
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                     struct.pack("ii", 1, 0))
                 w.close()

@@ -448,6 +448,17 @@ def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
 # ------------------------------------------------------------ background producer
 
 
+_RUNNING: list["LoadProducer"] = []
+
+
+def abandon_producers() -> None:
+    """Stops every LoadProducer still running (a test failed before stopping it)."""
+    while _RUNNING:
+        lp = _RUNNING.pop()
+        if lp._thread is not None and lp._thread.is_alive():
+            lp.abandon()
+
+
 class LoadProducer:
     """A confluent-kafka producer writing numbered records to every partition of a
     topic at a steady rate in a background thread, until stopped. Keeps what was
@@ -479,7 +490,16 @@ class LoadProducer:
         self._thread = threading.Thread(target=self._run, name=f"load-{self.topic}",
                                         daemon=True)
         self._thread.start()
+        _RUNNING.append(self)
         return self
+
+    def abandon(self) -> None:
+        """Stops the thread without waiting long for outstanding deliveries (for test
+        teardown after a failure)."""
+        self._flush_timeout = 2
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def acked_count(self) -> int:
         with self._lock:

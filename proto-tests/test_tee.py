@@ -118,11 +118,9 @@ def test_parallel_producers_keep_dc1_order_in_dc2(tee):
     harness.create_topic(tee.px.bootstrap, topic, partitions=parts)
     per = 400
     results: dict[str, teeutil.Produced] = {}
-    sent_all: list[TRec] = []
 
     def run(name: str, fn, conf: dict):
         recs = make_trecords(per, name, partitions=parts, value_size=50)
-        sent_all.extend(recs)
         try:
             results[name] = fn(tee.px.bootstrap, topic, recs, **conf)
         except Exception as e:  # noqa: BLE001 - reported below
@@ -384,6 +382,20 @@ def test_dc2_topic_created_with_dc1_partitions_and_configs(tee):
     dc2_configs = describe_topic_configs(tee.dc2.bootstrap, topic)
     for k, v in TOPIC_CONFIGS.items():
         assert dc2_configs.get(k) == v, f"DC2 {k} = {dc2_configs.get(k)!r}, DC1 has {v!r}"
+
+
+def test_topic_auto_created_by_a_producer_appears_in_dc2(tee):
+    """A producer writes to a topic nobody created: DC1 creates it on the producer's
+    metadata request (Tansu's default is 4 partitions), and DC2 gets it with DC1's
+    partition count."""
+    topic = unique("tee-autocreate")
+    sent = make_trecords(80, "auto")  # no partition given: keys spread them
+    want = expect_acked(sent, teeutil.produce_confluent(tee.px.bootstrap, topic, sent))
+    dc1_parts = teeutil.partitions_of(tee.dc1.bootstrap, topic)
+    assert dc1_parts and len({r.partition for r in want}) > 1, \
+        f"DC1 partitions {dc1_parts}; records on {sorted({r.partition for r in want})}"
+    assert_dc1_and_dc2_hold(tee, topic, want, "auto-created topic")
+    assert teeutil.partitions_of(tee.dc2.bootstrap, topic) == dc1_parts
 
 
 def test_topic_prefix_names_dc2_topics(dc1, dc2, proxy, tmp_path):
