@@ -484,6 +484,26 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
     let report = verify(&dc1, &dc2, "orders").await;
     assert!(report.identical(), "{report:?}");
     rep.shutdown(Duration::from_secs(5)).await;
+
+    // A record acknowledged by DC1 while the replicator was down reaches DC2 after
+    // the restart although nothing is pushed for its partition.
+    let c = batch("after-c", 2, Compression::Snappy);
+    let base_c = produce(&src, "orders", 1, &c).await;
+    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("restart");
+    assert!(
+        rep.handle()
+            .wait_replicated(&tp1, last_offset(base_c, &c), Duration::from_secs(30))
+            .await,
+        "partition without new pushes not resumed"
+    );
+    let got1 = read_batches(&dst, "dc1.orders", 1).await;
+    assert_eq!(
+        got1.last().map(|b| &b.bytes()[HEADER_LEN..]),
+        Some(&c[HEADER_LEN..])
+    );
+    rep.shutdown(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&state);
 }
 

@@ -129,6 +129,15 @@ pub enum ClientError {
         error: ResponseError,
         context: String,
     },
+    /// Tansu 0.6 answers some fetches without the partition asked for.
+    #[error("{cluster}: broker {broker} answered {api:?} without {topic}-{partition}")]
+    MissingPartition {
+        cluster: Cluster,
+        broker: i32,
+        api: ApiKey,
+        topic: String,
+        partition: i32,
+    },
     #[error("{cluster}: broker {broker} is not in the metadata")]
     UnknownBroker { cluster: Cluster, broker: i32 },
     #[error("{cluster}: topic {topic} does not exist")]
@@ -152,6 +161,7 @@ impl ClientError {
             | ClientError::Protocol { cluster, .. }
             | ClientError::Kafka { cluster, .. }
             | ClientError::UnknownBroker { cluster, .. }
+            | ClientError::MissingPartition { cluster, .. }
             | ClientError::UnknownTopic { cluster, .. }
             | ClientError::NoLeader { cluster, .. } => *cluster,
         }
@@ -173,6 +183,7 @@ impl ClientError {
             | ClientError::Disconnected { .. }
             | ClientError::Timeout { .. }
             | ClientError::UnknownBroker { .. }
+            | ClientError::MissingPartition { .. }
             | ClientError::NoLeader { .. } => true,
             ClientError::Kafka { error, .. } => {
                 error.is_retriable() || matches!(error, ResponseError::BrokerNotAvailable)

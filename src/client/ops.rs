@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DescribeConfigsRequest, FetchRequest, InitProducerIdRequest,
+    ApiKey, CreateTopicsRequest, DescribeConfigsRequest, FetchRequest, InitProducerIdRequest,
     ListOffsetsRequest, TopicName,
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
     describe_configs_request::DescribeConfigsResource,
@@ -124,10 +124,12 @@ impl Client {
             .filter(|r| r.topic.0.as_str() == topic)
             .flat_map(|r| r.partitions)
             .find(|p| p.partition_index == partition)
-            .ok_or_else(|| ClientError::Protocol {
+            .ok_or_else(|| ClientError::MissingPartition {
                 cluster: self.cluster(),
                 broker: leader,
-                message: format!("fetch response has no {topic}-{partition}"),
+                api: ApiKey::Fetch,
+                topic: topic.to_string(),
+                partition,
             })?;
         check(self.cluster(), data.error_code, context)?;
         Ok(FetchedPartition {
@@ -225,10 +227,12 @@ impl Client {
             .into_iter()
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index == partition)
-            .ok_or_else(|| ClientError::Protocol {
+            .ok_or_else(|| ClientError::MissingPartition {
                 cluster: self.cluster(),
                 broker: leader,
-                message: format!("list offsets response has no {topic}-{partition}"),
+                api: ApiKey::ListOffsets,
+                topic: topic.to_string(),
+                partition,
             })?;
         check(self.cluster(), data.error_code, || {
             format!("list offsets of {topic}-{partition}")

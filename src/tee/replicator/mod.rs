@@ -360,6 +360,21 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         hard_stop: CancellationToken::new(),
         runtime: tokio::runtime::Handle::current(),
     });
+    // Partitions in the checkpoint resume at once: what DC1 acknowledged after the
+    // checkpoint is copied even if they get no new records.
+    let handle = ReplicatorHandle {
+        shared: shared.clone(),
+    };
+    let restored: Vec<TopicPartition> = shared
+        .progress
+        .iter()
+        .map(|e| e.key().clone())
+        .filter(|tp| shared.filter.wants(&tp.topic))
+        .collect();
+    for tp in restored {
+        let tx = handle.spawn_worker(tp.clone());
+        shared.workers.insert(tp, tx);
+    }
     let checkpoint_stop = CancellationToken::new();
     let checkpoint_task = shared.settings.state_dir.clone().map(|dir| {
         tokio::spawn(checkpoint_loop(

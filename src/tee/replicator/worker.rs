@@ -154,6 +154,9 @@ pub(super) struct Worker {
     /// After a restart: the first item must start here, or the offsets before it are a
     /// gap.
     expect: Option<i64>,
+    /// After a restart: DC1's end has not been looked up yet (offsets acknowledged
+    /// before the restart are copied even if nothing new is pushed).
+    resume: bool,
     /// Highest DC1 offset pushed so far, and the base for lag before the first ack.
     pushed_upto: Option<i64>,
     lag_base: Option<i64>,
@@ -210,6 +213,7 @@ impl Worker {
             acked: restored.map(|p| p.offset),
             sent_upto: restored.map(|p| p.offset),
             expect: restored.map(|p| p.offset + 1),
+            resume: restored.is_some(),
             pushed_upto: restored.map(|p| p.offset),
             lag_base: None,
             lag_reported: 0,
@@ -236,6 +240,10 @@ impl Worker {
                 break;
             }
             self.report();
+            if self.resume {
+                self.resume_from_checkpoint().await;
+                continue;
+            }
             if !self.is_ready() {
                 if self.sh.draining.is_cancelled() && self.is_held() {
                     // Held data stays in DC1; the checkpoint says where to resume.
@@ -271,6 +279,41 @@ impl Worker {
         self.sh
             .states
             .remove_if(&self.tp, |_, s| Arc::ptr_eq(s, &self.snapshot));
+    }
+
+    /// Queues the offsets DC1 acknowledged after the checkpoint (up to its high
+    /// watermark now) as a gap, unless an item pushed since the start already did.
+    async fn resume_from_checkpoint(&mut self) {
+        let Some(expect) = self.expect else {
+            self.resume = false;
+            return;
+        };
+        let hard = self.sh.hard_stop.clone();
+        let end = tokio::select! {
+            e = dc1_end(&self.sh.dc1, &self.tp, expect) => e,
+            _ = hard.cancelled() => return,
+        };
+        match end {
+            Ok(end) => {
+                self.resume = false;
+                // A push may have arrived meanwhile; it is only taken in after this.
+                if self.expect.is_some() && end > expect {
+                    tracing::info!(
+                        partition = %self.tp, from = expect, to = end - 1,
+                        "resuming after a restart: offsets after the checkpoint will be read back from DC1"
+                    );
+                    self.accept(Pending::Gap {
+                        from: expect,
+                        to: end - 1,
+                    });
+                }
+            }
+            Err(e) => {
+                self.warn_limited(&format!("cannot read the end of {} in DC1: {e}", self.tp));
+                let d = self.backoff.next_delay();
+                self.pause(d).await;
+            }
+        }
     }
 
     /// Publishes the partition's state for status pages.
@@ -594,7 +637,9 @@ impl Worker {
                         return Next::Wait;
                     }
                     Ok(Step::Lost { from, to, reason }) => self.lost(from, to, &reason),
-                    Err(e) if e.is_retriable() => {
+                    // DC1 still has the data, so every error is retried (with a
+                    // warning); only offsets DC1 no longer has are given up.
+                    Err(e) => {
                         self.warn_limited(&format!("cannot read {} back from DC1: {e}", self.tp));
                         if e.needs_metadata_refresh() {
                             let _ = self
@@ -605,11 +650,6 @@ impl Worker {
                         }
                         self.catchup_retry_at = Some(Instant::now() + self.backoff.next_delay());
                         return Next::Wait;
-                    }
-                    Err(e) => {
-                        let (from, to) = (c.next, c.to);
-                        self.catchup = None;
-                        self.lost(from, to, &format!("cannot read from DC1: {e}"));
                     }
                 }
                 continue;
@@ -1016,6 +1056,41 @@ impl Worker {
                 .decrement(self.lag_reported as f64);
             self.lag_reported = 0;
         }
+    }
+}
+
+/// The offset after the last one DC1 has for a partition (its high watermark, from a
+/// Fetch: Tansu's ListOffsets "latest" is not reliable), read from `from`.
+async fn dc1_end(
+    dc1: &crate::client::Client,
+    tp: &TopicPartition,
+    from: i64,
+) -> Result<i64, crate::client::ClientError> {
+    let at = |offset| {
+        dc1.fetch(
+            &tp.topic,
+            tp.partition,
+            offset,
+            1024 * 1024,
+            // Tansu 0.6 answers a fetch with no wait at all without the partition.
+            Duration::from_millis(50),
+            crate::client::IsolationLevel::ReadUncommitted,
+        )
+    };
+    match at(from).await {
+        Ok(f) => Ok(f.high_watermark),
+        Err(e) if e.kafka_error() == Some(ResponseError::OffsetOutOfRange) => {
+            let start = dc1
+                .list_offset(&tp.topic, tp.partition, crate::client::EARLIEST)
+                .await?;
+            if from < start {
+                Ok(at(start).await?.high_watermark)
+            } else {
+                // Past DC1's end: nothing to resume.
+                Ok(from)
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 
