@@ -13,8 +13,10 @@
 //! - `metrics`: every metric's name and description, the Prometheus recorder.
 //! - `status`: readiness and the status report (`/status.json`, `kafka-tee status`).
 //! - `admin`: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/`).
+//! - `alloc`: the process allocator (huge single allocations reserved lazily).
 
 pub mod admin;
+pub mod alloc;
 pub mod client;
 pub mod config;
 pub mod metrics;

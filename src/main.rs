@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use kafka_tee::config::Config;
 
+/// Huge single allocations are reserved lazily; see `kafka_tee::alloc`.
+#[global_allocator]
+static ALLOCATOR: kafka_tee::alloc::Allocator = kafka_tee::alloc::Allocator;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kafka-tee",
