@@ -308,6 +308,12 @@ impl Worker {
                     });
                 }
             }
+            Err(crate::client::ClientError::UnknownTopic { .. }) => {
+                // Nothing to resume now; the checkpoint stays, so if the topic comes
+                // back with traffic, the offsets since it are still read back.
+                tracing::info!(partition = %self.tp, "topic not in DC1; not resuming it");
+                self.resume = false;
+            }
             Err(e) => {
                 self.warn_limited(&format!("cannot read the end of {} in DC1: {e}", self.tp));
                 let d = self.backoff.next_delay();
