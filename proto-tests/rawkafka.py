@@ -174,3 +174,66 @@ def read_batches(bootstrap: str, topic: str, partition: int, timeout: float = 10
         out.extend(got)
         offset = got[-1].last_offset + 1
     return out
+
+
+# ------------------------------------------------------------- writing batches
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)  # zigzag
+    out = bytearray()
+    while True:
+        b = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_batch(records: list[tuple[bytes | None, bytes | None]], timestamp: int) -> bytes:
+    """An uncompressed v2 record batch without producer id (a plain producer's)."""
+    body = bytearray()
+    for i, (key, value) in enumerate(records):
+        r = bytearray(b"\x00")  # attributes
+        r += _varint(0) + _varint(i)  # timestamp delta, offset delta
+        r += _varint(-1) if key is None else _varint(len(key)) + key
+        r += _varint(-1) if value is None else _varint(len(value)) + value
+        r += _varint(0)  # no headers
+        body += _varint(len(r)) + r
+    after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, timestamp, timestamp, -1, -1, -1,
+                            len(records)) + bytes(body)
+    head = struct.pack(">ib", -1, 2)  # partition leader epoch, magic
+    crc = struct.pack(">I", crc32c(after_crc))
+    rest = head + crc + after_crc
+    return struct.pack(">qi", 0, len(rest)) + rest
+
+
+def produce_request_v3(correlation_id: int, topic: str, partition: int, batch: bytes,
+                       acks: int) -> bytes:
+    """A Produce v3 request frame for one partition."""
+    body = struct.pack(">hhi", -1, acks, 30000)  # no transactional id, acks, timeout
+    body += struct.pack(">i", 1) + _string(topic)
+    body += struct.pack(">i", 1) + struct.pack(">i", partition)
+    body += struct.pack(">i", len(batch)) + batch
+    return encode_request(0, 3, correlation_id, body)

@@ -4,7 +4,8 @@ link down, stop forwarding (black hole) and cut every connection, on command.
 Runs an asyncio loop in a background thread of the test process; the control methods
 are thread-safe. Each accepted connection gets its own upstream connection and two
 pumps (one per direction). A pump reads a chunk, stamps it with `now + delay` and
-delivers it at that time, in order, so `set_delay` adds latency without reordering.
+delivers it at that time, in order, so `set_delay` adds latency without reordering
+(to both directions, or to requests or responses only).
 While black-holed, nothing is delivered in either direction (chunks wait in the relay
 and reading stops once a small queue is full, so TCP back-pressure reaches the sender),
 and new connections are accepted but get nothing: like a link that went silent.
@@ -33,7 +34,7 @@ class Relay:
         self.upstream = upstream
         self.listen_host = listen_host
         self.port = listen_port
-        self.delay = 0.0
+        self.delay = {"up": 0.0, "down": 0.0}  # up: client -> upstream
         self.accepted = 0
         self.cuts = 0
         self.bytes_up = 0  # client -> upstream
@@ -58,9 +59,11 @@ class Relay:
             raise self._error
         return self
 
-    def set_delay(self, seconds: float) -> None:
-        """Every chunk from now on is delivered `seconds` after it was read."""
-        self.delay = max(0.0, seconds)
+    def set_delay(self, seconds: float, direction: str = "both") -> None:
+        """Every chunk read from now on is delivered `seconds` after it was read; in
+        one direction only with direction "up" (client to upstream) or "down"."""
+        for d in (("up", "down") if direction == "both" else (direction,)):
+            self.delay[d] = max(0.0, seconds)
 
     def blackhole(self, on: bool = True) -> None:
         """Stops (on) or resumes (off) forwarding in both directions."""
@@ -158,15 +161,16 @@ class _Conn:
     def start(self) -> None:
         for src, dst, direction in self.pairs:
             q: asyncio.Queue = asyncio.Queue(QUEUE_CHUNKS)
-            self.tasks.append(asyncio.ensure_future(self._read(src, q)))
+            self.tasks.append(asyncio.ensure_future(self._read(src, q, direction)))
             self.tasks.append(asyncio.ensure_future(self._write(q, dst, direction)))
 
-    async def _read(self, src: asyncio.StreamReader, q: asyncio.Queue) -> None:
+    async def _read(self, src: asyncio.StreamReader, q: asyncio.Queue,
+                    direction: str) -> None:
         try:
             while True:
                 data = await src.read(CHUNK)
                 await self.relay._flowing.wait()
-                await q.put((time.monotonic() + self.relay.delay, data))
+                await q.put((time.monotonic() + self.relay.delay[direction], data))
                 if not data:
                     return
         except (OSError, asyncio.CancelledError):

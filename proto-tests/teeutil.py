@@ -84,9 +84,10 @@ class Produced:
 
 
 def produce_confluent(bootstrap: str, topic: str, records: Sequence[TRec],
-                      timeout: float = 60, **conf) -> Produced:
+                      timeout: float = 60, before_close=None, **conf) -> Produced:
     """confluent-kafka producer; acked records carry partition and offset (-1 when the
-    producer does not learn them, acks=0)."""
+    producer does not learn them, acks=0). `before_close()` runs after the flush, while
+    the producer's connections are still open."""
     from confluent_kafka import Producer
 
     conf.setdefault("linger.ms", 5)
@@ -117,11 +118,14 @@ def produce_confluent(bootstrap: str, topic: str, records: Sequence[TRec],
     left = p.flush(timeout)
     if left:
         out.errors.append(f"{left} records still queued after {timeout}s")
+    if before_close is not None:
+        before_close()
+    del p
     return out
 
 
 def produce_kafka_python(bootstrap: str, topic: str, records: Sequence[TRec],
-                         timeout: float = 60, **conf) -> Produced:
+                         timeout: float = 60, before_close=None, **conf) -> Produced:
     from kafka import KafkaProducer
 
     conf.setdefault("linger_ms", 5)
@@ -142,6 +146,8 @@ def produce_kafka_python(bootstrap: str, topic: str, records: Sequence[TRec],
                 continue
             out.acked.append(TRec(rec.key, rec.value, rec.headers, rec.timestamp,
                                   md.partition, md.offset))
+        if before_close is not None:
+            before_close()
     finally:
         p.close(timeout=10)
     return out

@@ -12,11 +12,14 @@ and printed as `duplicates: N`, with how long DC2 took to catch up (run with -s)
 from __future__ import annotations
 
 import signal
+import socket
+import struct
 import time
 
 import pytest
 
 import harness
+import rawkafka
 import teeutil
 from harness import HOST, unique
 from relay import Relay
@@ -177,6 +180,83 @@ def test_slow_link_then_cut_then_restored(dc1, relayed_dc2, proxy, tmp_path):
           f"in DC2 {took:.2f}s after it")
     produce_for(lp, 3)
     settle(lp, dc1, dc2, topic, "relay")
+
+
+@pytest.fixture
+def relayed_dc1(request, logdir):
+    """A DC1 Tansu broker behind a relay (advertised at the relay's port)."""
+    relay_port = harness.free_port()
+    broker_port = harness.free_port()
+    relay = Relay((HOST, broker_port), relay_port).start()
+    broker = teeutil.start_tansu_at("dc1", logdir, broker_port, advertised_port=relay_port)
+    teeutil.register(request, broker.proc)
+    yield broker, relay
+    relay.stop()
+    broker.stop()
+
+
+def dc1_record_count(dc1: harness.Broker, topic: str) -> int:
+    """Records in partition 0, read with raw Fetch requests straight to the broker's own
+    port (its metadata points at the relay)."""
+    return sum(b.record_count for b in rawkafka.read_batches(dc1.bootstrap, topic, 0)
+               if not b.control)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kafka-tee bug: when a client connection ends before DC1's Produce response arrives, "
+    "the capture ticket is dropped ('produce request ended without a DC1 response') and "
+    "no gap is recorded, so batches DC1 appended are never copied; DC1 and DC2 diverge "
+    "for good (verify: DIFFERENT)"))
+@pytest.mark.parametrize("acks", [1, 0])
+def test_client_reset_before_dc1_answers(relayed_dc1, dc2, proxy, tmp_path, acks):
+    """A client sends Produce requests and its connection is reset before DC1's answers
+    come back (DC1's responses are delayed by a relay; its log already has the records).
+    DC1 acknowledged those batches to the proxy, so DC2 must get them too once later
+    records on the same partition have been copied."""
+    dc1, relay = relayed_dc1
+    px = proxy(f"{HOST}:{relay.port}", target=dc2.bootstrap, state_dir=tmp_path / "state")
+    topic = unique(f"fault-reset-acks{acks}")
+    harness.create_topic(px.bootstrap, topic, partitions=1)
+    before = teeutil.produce_confluent(px.bootstrap, topic,
+                                       teeutil.make_trecords(20, "before", partitions=1))
+    assert before.errors == []
+    with Reader(dc2.bootstrap, topic) as reader:
+        wait_dc2_has(reader, {r.key for r in before.acked}, CATCH_UP)
+
+    relay.set_delay(2.0, direction="down")
+    orphans = [f"reset-{i}-{j}".encode() for i in range(3) for j in range(10)]
+    s = socket.create_connection((HOST, px.port))
+    try:
+        for i in range(3):
+            batch = rawkafka.encode_batch([(k, b"v-" + k) for k in orphans[i * 10:i * 10 + 10]],
+                                          teeutil.TS_BASE + i)
+            s.sendall(rawkafka.produce_request_v3(100 + i, topic, 0, batch, acks=acks))
+        deadline = time.monotonic() + 10
+        while dc1_record_count(dc1, topic) < 50:
+            assert time.monotonic() < deadline, "DC1 never stored the 30 records"
+            time.sleep(0.1)
+    finally:
+        # Reset (RST), while DC1's answers are still on their way back.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    time.sleep(2.5)  # the delayed answers reach the proxy after the reset
+    relay.set_delay(0.0)
+
+    after = teeutil.produce_confluent(px.bootstrap, topic,
+                                      teeutil.make_trecords(20, "after", partitions=1))
+    assert after.errors == []
+    want = {r.key for r in before.acked} | set(orphans) | {r.key for r in after.acked}
+    with Reader(dc2.bootstrap, topic) as reader:
+        wait_dc2_has(reader, {r.key for r in after.acked}, CATCH_UP)
+        deadline = time.monotonic() + 10
+        while not want <= set(reader.keys) and time.monotonic() < deadline:
+            reader.poll(0.3)
+        missing = sorted(want - set(reader.keys))
+    v = teeutil.run_verify(dc1.bootstrap, dc2.bootstrap, [topic])
+    print(f"\n[client-reset acks={acks}] DC2 misses {len(missing)} of the 30 records DC1 "
+          f"stored; verify exit {v.returncode}: {v.stdout.strip().splitlines()[:1]}")
+    assert not missing, (f"{len(missing)} records DC1 acknowledged to the proxy never reached "
+                         f"DC2 (later records did), e.g. {missing[:3]}\n{v.stdout}")
 
 
 # ---------------------------------------------------------------------- proxy faults

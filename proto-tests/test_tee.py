@@ -319,19 +319,27 @@ def check_transactions(tee: Tee, prefix: str, value_size: int = 0):
 
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_acks0_records_reach_dc2(tee, client):
+    """acks=0: the producer learns nothing back, the proxy still copies the records.
+    The producer stays connected until DC1 holds them all (an acks=0 client that
+    disconnects at once gives no guarantee: Tansu drops requests of a closed
+    connection that it has not processed yet)."""
     topic = unique(f"tee-acks0-{client}")
     harness.create_topic(tee.px.bootstrap, topic, partitions=2)
     sent = make_trecords(200, f"a0{client}", partitions=2)
+    # acks=0: no offsets come back; the send order per partition is the order.
+    want = [TRec(r.key, r.value, r.headers, r.timestamp, r.partition) for r in sent]
+    dc1: list[TRec] = []
+
+    def read_dc1():
+        dc1.extend(read_count(tee.dc1.bootstrap, topic, len(want)))
+
     if client == "confluent":
-        res = teeutil.produce_confluent(tee.px.bootstrap, topic, sent,
+        res = teeutil.produce_confluent(tee.px.bootstrap, topic, sent, before_close=read_dc1,
                                         **{"acks": "0", "batch.num.messages": 25})
     else:
         res = teeutil.produce_kafka_python(tee.px.bootstrap, topic, sent, acks=0,
-                                           batch_size=1024)
+                                           batch_size=1024, before_close=read_dc1)
     assert res.errors == [], res.errors[:5]
-    # acks=0: no offsets come back; the send order per partition is the order.
-    want = [TRec(r.key, r.value, r.headers, r.timestamp, r.partition) for r in sent]
-    dc1 = read_count(tee.dc1.bootstrap, topic, len(want))
     assert_same_partitions(want, dc1, f"acks=0 {client}: DC1")
     dc2 = read_count(tee.dc2.bootstrap, topic, len(want), timeout=DC2_WAIT)
     assert_same_partitions(want, dc2, f"acks=0 {client}: DC2")
