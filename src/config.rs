@@ -81,9 +81,6 @@ pub struct ClusterConfig {
     pub bootstrap: Vec<String>,
     /// TLS from the proxy to this cluster's brokers.
     pub tls: UpstreamTlsConfig,
-    /// SASL credentials the replicator uses (DC2 only; client SASL towards DC1 is
-    /// passed through untouched).
-    pub sasl: Option<SaslConfig>,
 }
 
 /// TLS from the proxy to a cluster.
@@ -99,26 +96,6 @@ pub struct UpstreamTlsConfig {
     pub key: Option<PathBuf>,
     /// Name to verify the broker certificate against (default: the dialled host).
     pub server_name: Option<String>,
-}
-
-/// SASL credentials. The password is never logged (`Debug` hides it).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SaslConfig {
-    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    pub mechanism: String,
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for SaslConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SaslConfig")
-            .field("mechanism", &self.mechanism)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
 }
 
 /// What the tee replicates and how.
@@ -365,20 +342,6 @@ impl Config {
                     ));
                 }
             }
-        }
-        if self.source.sasl.is_some() {
-            problems.push(
-                "source.sasl: client SASL towards DC1 is passed through; only target.sasl is used"
-                    .into(),
-            );
-        }
-        if let Some(s) = &self.target.sasl
-            && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&s.mechanism.as_str())
-        {
-            problems.push(format!(
-                "target.sasl.mechanism: {:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
-                s.mechanism
-            ));
         }
         if problems.is_empty() {
             Ok(())
