@@ -1266,3 +1266,46 @@ async fn offsets_gone_from_dc1_are_reported_and_skipped() {
     rep.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_never_handed_over_are_read_back() {
+    init_logging();
+    let dc1 = Broker::start("dc1h");
+    let dc2 = Broker::start("dc2h");
+    let state = tempdir("holes");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    src.create_topic("holes", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    let budget = Arc::new(Budget::new(1 << 20));
+    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("start");
+    let h = rep.handle();
+    let tp = TopicPartition {
+        topic: Arc::from("holes"),
+        partition: 0,
+    };
+    // The middle batch reaches DC1 but is never pushed (its client went away before
+    // DC1 answered): the next push reveals the hole.
+    let batches: Vec<Bytes> = (0..3)
+        .map(|i| batch(&format!("h{i}"), 2 + i, Compression::Gzip))
+        .collect();
+    let mut bases = Vec::new();
+    for b in &batches {
+        bases.push(produce(&src, "holes", 0, b).await);
+    }
+    push_batch(&h, &budget, &tp, bases[0], &batches[0]);
+    push_batch(&h, &budget, &tp, bases[2], &batches[2]);
+    let end = last_offset(bases[2], &batches[2]);
+    assert!(h.wait_replicated(&tp, end, Duration::from_secs(30)).await);
+    let got = read_batches(&dst, "dc1.holes", 0).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|b| &b.bytes()[HEADER_LEN..]).collect();
+    let want: Vec<&[u8]> = batches.iter().map(|b| &b[HEADER_LEN..]).collect();
+    assert_eq!(payloads, want);
+    assert_eq!(budget.used(), 0);
+    assert!(verify(&dc1, &dc2, "holes").await.identical());
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}

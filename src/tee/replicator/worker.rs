@@ -13,6 +13,8 @@
 //!   were dropped for good (logged and counted).
 //! - Budget bytes of a captured batch are released exactly once: on ack, on drop, when
 //!   the batch is turned into a gap, or when the worker stops.
+//! - Offsets between two pushed items (or between the checkpoint and the first item)
+//!   are never assumed empty: they become a gap, read back from DC1.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -151,8 +153,7 @@ pub(super) struct Worker {
     acked: Option<i64>,
     /// Last DC1 offset taken into the window (later items at or below it are skipped).
     sent_upto: Option<i64>,
-    /// After a restart: the first item must start here, or the offsets before it are a
-    /// gap.
+    /// After a restart, until the first item arrives: the offset after the checkpoint.
     expect: Option<i64>,
     /// After a restart: DC1's end has not been looked up yet (offsets acknowledged
     /// before the restart are copied even if nothing new is pushed).
@@ -384,15 +385,28 @@ impl Worker {
 
     fn accept(&mut self, item: Pending) {
         let (first, last) = item_range(&item);
-        if let Some(expect) = self.expect.take()
-            && first > expect
+        let after_restart = self.expect.take().is_some();
+        // Offsets skipped between two items (or since the checkpoint) were appended to
+        // DC1 without reaching the replicator: a producer whose connection ended before
+        // DC1 answered, a transaction marker, an aborted transaction, a producer that
+        // bypasses the proxy. They are read back from DC1, which copies what is
+        // committed data and skips the rest.
+        if let Some(seen) = self.pushed_upto
+            && first > seen + 1
         {
-            tracing::info!(
-                partition = %self.tp, from = expect, to = first - 1,
-                "offsets since the checkpoint will be read back from DC1"
-            );
+            if after_restart {
+                tracing::info!(
+                    partition = %self.tp, from = seen + 1, to = first - 1,
+                    "offsets since the checkpoint will be read back from DC1"
+                );
+            } else {
+                tracing::debug!(
+                    partition = %self.tp, from = seen + 1, to = first - 1,
+                    "offsets not handed over; reading them back from DC1"
+                );
+            }
             self.queue.push_back(Pending::Gap {
-                from: expect,
+                from: seen + 1,
                 to: first - 1,
             });
         }
