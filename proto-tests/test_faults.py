@@ -202,11 +202,6 @@ def dc1_record_count(dc1: harness.Broker, topic: str) -> int:
                if not b.control)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kafka-tee bug: when a client connection ends before DC1's Produce response arrives, "
-    "the capture ticket is dropped ('produce request ended without a DC1 response') and "
-    "no gap is recorded, so batches DC1 appended are never copied; DC1 and DC2 diverge "
-    "for good (verify: DIFFERENT)"))
 @pytest.mark.parametrize("acks", [1, 0])
 def test_client_reset_before_dc1_answers(relayed_dc1, dc2, proxy, tmp_path, acks):
     """A client sends Produce requests and its connection is reset before DC1's answers
