@@ -22,9 +22,11 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, BrokerId, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +35,12 @@ use crate::protocol::frame::{FrameError, read_frame};
 
 /// Offset of the correlation id in a request frame that starts with its length prefix.
 const CORRELATION_ID_AT: usize = 8;
+
+/// The byte stream under a connection: plain TCP or TLS over TCP.
+pub(crate) trait BrokerIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> BrokerIo for T {}
+
+type Stream = Box<dyn BrokerIo>;
 
 /// A request frame waiting for the writer.
 struct Outgoing {
@@ -108,20 +116,8 @@ impl BrokerConnection {
             addr: addr.to_string(),
             reason,
         };
-        let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(connect_err(e.to_string())),
-            Err(_) => {
-                return Err(connect_err(format!(
-                    "timed out after {:?}",
-                    cfg.connect_timeout
-                )));
-            }
-        };
-        // Latency matters more than packet count for pipelined small requests.
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        let stream = dial(cfg, addr).await.map_err(connect_err)?;
+        let (rd, wr) = tokio::io::split(stream);
         let peer = Peer {
             cluster: cfg.cluster,
             broker,
@@ -329,6 +325,31 @@ impl BrokerConnection {
     }
 }
 
+/// Opens the TCP connection and, when the cluster uses TLS, the TLS session on it;
+/// each step is bounded by `connect_timeout`.
+async fn dial(cfg: &ClientConfig, addr: &str) -> Result<Stream, String> {
+    let timeout = cfg.connect_timeout;
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("timed out after {timeout:?}")),
+    };
+    // Latency matters more than packet count for pipelined small requests.
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &cfg.tls else {
+        return Ok(Box::new(tcp));
+    };
+    let name = tls
+        .settings
+        .server_name(addr)
+        .map_err(|e| format!("TLS: {e}"))?;
+    match tokio::time::timeout(timeout, tls.connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Err(_) => Err(format!("TLS handshake timed out after {timeout:?}")),
+    }
+}
+
 fn api_key<R: Request>(peer: &Peer) -> Result<ApiKey, ClientError> {
     ApiKey::try_from(R::KEY).map_err(|_| ClientError::Protocol {
         cluster: peer.cluster,
@@ -391,7 +412,7 @@ fn decode_response<T: Decodable + HeaderVersion>(
 
 async fn write_loop(
     peer: Peer,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf<Stream>,
     mut rx: mpsc::Receiver<Outgoing>,
     fifo: mpsc::Sender<InFlight>,
     cancel: CancellationToken,
@@ -477,7 +498,7 @@ async fn write_loop(
 
 async fn read_loop(
     peer: Peer,
-    rd: OwnedReadHalf,
+    rd: ReadHalf<Stream>,
     mut fifo: mpsc::Receiver<InFlight>,
     cancel: CancellationToken,
     closed: Arc<AtomicBool>,

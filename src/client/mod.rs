@@ -63,6 +63,37 @@ pub struct ClientConfig {
     /// First retry backoff, doubled per attempt up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+    /// TLS towards the cluster's brokers; `None` dials plain TCP.
+    pub tls: Option<ClientTls>,
+}
+
+/// The client side of TLS towards one cluster: the connector and the settings that
+/// name the server to verify.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub settings: crate::config::UpstreamTlsConfig,
+}
+
+impl ClientTls {
+    /// `None` when `settings` has TLS off.
+    pub fn new(
+        settings: &crate::config::UpstreamTlsConfig,
+    ) -> Result<Option<Self>, crate::net::tls::TlsError> {
+        Ok(settings.connector()?.map(|connector| Self {
+            connector,
+            settings: settings.clone(),
+        }))
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.settings.ca)
+            .field("server_name", &self.settings.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientConfig {
@@ -77,6 +108,7 @@ impl ClientConfig {
             max_in_flight_per_connection: 64,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
+            tls: None,
         }
     }
 }

@@ -32,8 +32,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientConfig, ClientError, Cluster};
-use crate::config::Config;
+use crate::client::{Client, ClientConfig, ClientError, ClientTls, Cluster};
+use crate::config::{ClusterConfig, Config};
 use crate::tee::{Budget, Pending, TopicPartition};
 use checkpoint::{Checkpoint, PartitionCheckpoint};
 pub use topics::{COPIED_CONFIGS, TopicFilter, TopicStatus};
@@ -263,16 +263,21 @@ impl std::fmt::Debug for ReplicatorHandle {
     }
 }
 
-fn client_config(cluster: Cluster, bootstrap: &[String], config: &Config) -> ClientConfig {
+fn client_config(
+    cluster: Cluster,
+    target: &ClusterConfig,
+    config: &Config,
+) -> anyhow::Result<ClientConfig> {
     let r = &config.replication;
-    let mut c = ClientConfig::new(cluster, bootstrap.to_vec());
+    let mut c = ClientConfig::new(cluster, target.bootstrap.clone());
+    c.tls = ClientTls::new(&target.tls).with_context(|| format!("{cluster} TLS"))?;
     c.connect_timeout = config.connect_timeout();
     c.request_timeout = Duration::from_millis(r.request_timeout_ms.max(1));
     c.retry_backoff = Duration::from_millis(r.retry_backoff_ms.max(1));
     c.retry_backoff_max = Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms));
     c.max_frame_bytes = config.proxy.max_frame_bytes;
     c.client_id = "kafka-tee-replicator".into();
-    c
+    Ok(c)
 }
 
 /// Starts the replicator: loads the checkpoint (if `state.dir` is set) and starts the
@@ -332,16 +337,8 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         }
     }
     let shared = Arc::new(Shared {
-        dc1: Client::new(client_config(
-            Cluster::Dc1,
-            &config.source.bootstrap,
-            config,
-        )),
-        dc2: Client::new(client_config(
-            Cluster::Dc2,
-            &config.target.bootstrap,
-            config,
-        )),
+        dc1: Client::new(client_config(Cluster::Dc1, &config.source, config)?),
+        dc2: Client::new(client_config(Cluster::Dc2, &config.target, config)?),
         settings,
         budget,
         filter,
@@ -384,7 +381,8 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         ))
     });
     tracing::info!(
-        dc2 = ?config.target.bootstrap, prefix = %shared.settings.topic_prefix,
+        dc2 = ?config.target.bootstrap, dc2_tls = config.target.tls.enabled,
+        dc1_tls = config.source.tls.enabled, prefix = %shared.settings.topic_prefix,
         "replicator started"
     );
     Ok(Replicator {
