@@ -42,7 +42,7 @@ def _stop_producers():
 
 
 def settle(lp: LoadProducer, dc1: harness.Broker, dc2: harness.Broker, topic: str,
-           what: str) -> teeutil.ReplicationCheck:
+           what: str, acked_offsets: bool = True) -> teeutil.ReplicationCheck:
     """Stops the producer and checks DC2 against DC1 and the acks; prints the
     duplicate count and the catch-up time."""
     acked = lp.stop()
@@ -56,7 +56,7 @@ def settle(lp: LoadProducer, dc1: harness.Broker, dc2: harness.Broker, topic: st
     dc1_keys = {r.key for r in dc1_recs}
     dc2_recs, _ = read_until(dc2.bootstrap, topic, lambda r: dc1_keys <= set(r.keys),
                              CATCH_UP, idle=1.5)
-    chk = check_replicated(acked, dc1_recs, dc2_recs)
+    chk = check_replicated(acked, dc1_recs, dc2_recs, acked_offsets)
     print(f"\n[{what}] acked {chk.acked}, DC1 {chk.dc1_records}, DC2 {chk.dc2_records}, "
           f"DC1 duplicates {chk.dc1_duplicates}, acked without offset "
           f"{chk.acked_without_offset}")
@@ -252,6 +252,36 @@ def test_client_reset_before_dc1_answers(relayed_dc1, dc2, proxy, tmp_path, acks
           f"stored; verify exit {v.returncode}: {v.stdout.strip().splitlines()[:1]}")
     assert not missing, (f"{len(missing)} records DC1 acknowledged to the proxy never reached "
                          f"DC2 (later records did), e.g. {missing[:3]}\n{v.stdout}")
+
+
+def test_dc1_link_cut_mid_stream(relayed_dc1, dc2, proxy, tmp_path):
+    """The link between the proxy and DC1 is cut while Produce answers are on their way
+    back (the relay delays them): the producer's requests are retried on a new
+    connection, and whatever DC1 appended, answered or not, reaches DC2.
+
+    Tansu 0.6 answers the idempotent producer's requests after the cut (librdkafka bumps
+    its epoch and restarts its sequences) with base offsets that restart at 0, also
+    without the proxy in between, so the offsets the producer saw are not compared with
+    DC1's here; the count is printed."""
+    dc1, relay = relayed_dc1
+    px = proxy(f"{HOST}:{relay.port}", target=dc2.bootstrap, state_dir=tmp_path / "state")
+    topic = new_topic(px, "fault-dc1-cut")
+    lp = LoadProducer(px.bootstrap, topic, PARTITIONS, RATE).start()
+    lp.wait_acked(RATE * 2, timeout=20)
+    relay.set_delay(0.5, direction="down")
+    time.sleep(1.0)
+    cut = relay.cut()
+    relay.set_delay(0.0)
+    assert cut > 0, "no DC1 connection was open to cut"
+    produce_for(lp, 3)
+    acked = lp.acked_snapshot()
+    chk = settle(lp, dc1, dc2, topic, "dc1-cut", acked_offsets=False)
+    dc1_at = {r.key: (r.partition, r.offset) for r in read_until(
+        dc1.bootstrap, topic, lambda r: len(r.records) >= chk.dc1_records, 30, idle=0.5)[0]}
+    wrong = sum(1 for r in acked if r.offset is not None and r.offset >= 0
+                and dc1_at.get(r.key) != (r.partition, r.offset))
+    print(f"[dc1-cut] connections cut: {cut}; acks whose offset differs from DC1's "
+          f"(Tansu): {wrong}")
 
 
 # ---------------------------------------------------------------------- proxy faults
