@@ -108,7 +108,9 @@ mod tests {
         )
         .expect("header");
         let r = crate::protocol::header::guarded_decode::<kafka_protocol::messages::MetadataResponse>(
-            &mut body, 0, "Metadata response",
+            &mut body,
+            0,
+            "Metadata response",
         );
         assert!(r.is_err());
     }
@@ -120,7 +122,10 @@ mod tests {
         // SAFETY: the block is used within its size and freed with its layout.
         unsafe {
             let p = a.alloc(layout);
-            assert!(!p.is_null(), "64 GiB of address space could not be reserved");
+            assert!(
+                !p.is_null(),
+                "64 GiB of address space could not be reserved"
+            );
             *p = 7;
             assert_eq!(*p, 7);
             a.dealloc(p, layout);
