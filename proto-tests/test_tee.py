@@ -449,6 +449,3 @@ def test_include_exclude_patterns(dc1, dc2, proxy, tmp_path):
         assert excluded not in names, f"excluded topic {excluded} appeared in DC2"
         assert not_included not in names, f"{not_included} (not included) appeared in DC2"
         time.sleep(0.5)
-    log = t.px.proc.log_text()
-    assert excluded not in log and not_included not in log, \
-        "the proxy log mentions a filtered topic (was it replicated?)"
