@@ -210,6 +210,24 @@ pub const METRICS: &[MetricDef] = &[
         "Offsets acknowledged by DC1 and handed to the replicator but not yet acknowledged by DC2, per DC1 topic.",
     ),
     def(
+        "kafka_tee_replication_lag_bytes",
+        Gauge,
+        &["topic"],
+        "Bytes of the batches DC1 acknowledged and handed to the replicator that are not yet acknowledged by DC2, per DC1 topic (offsets read back from DC1 count 0).",
+    ),
+    def(
+        "kafka_tee_replication_oldest_pending_seconds",
+        Gauge,
+        &["topic"],
+        "Age of the oldest data of a DC1 topic handed to the replicator and not yet acknowledged by DC2; 0 when none (updated every second).",
+    ),
+    def(
+        "kafka_tee_replication_latency_seconds",
+        Histogram,
+        &[],
+        "Time from DC1 acknowledging a batch (its hand-over to the replicator) to DC2 acknowledging it; one observation per batch counted by `kafka_tee_replicated_batches_total`.",
+    ),
+    def(
         "kafka_tee_dc2_errors_total",
         Counter,
         &["code"],

@@ -135,6 +135,11 @@ pub struct PartitionReplication {
     pub lag_offsets: u64,
     /// Bytes of captured batches held in memory for DC2.
     pub pending_bytes: u64,
+    /// Bytes of the batches handed over and not yet in DC2 (offsets read back from
+    /// DC1 count 0).
+    pub lag_bytes: u64,
+    /// Age of the oldest offsets handed over and not yet in DC2; zero when none.
+    pub oldest_pending: Duration,
     /// How long the partition has been behind; zero when caught up.
     pub behind_for: Duration,
     /// "in sync", "replicating", "catching up", "retrying: <why>", "held: <why>",
@@ -149,6 +154,8 @@ struct Snapshot {
     pushed_offset: Option<i64>,
     lag_offsets: u64,
     pending_bytes: u64,
+    lag_bytes: u64,
+    oldest_pending_since: Option<Instant>,
     behind_since: Option<Instant>,
     state: String,
 }
@@ -165,7 +172,7 @@ struct Shared {
     progress: DashMap<TopicPartition, Progress>,
     progress_version: AtomicU64,
     committed: Notify,
-    workers: DashMap<TopicPartition, mpsc::UnboundedSender<Pending>>,
+    workers: DashMap<TopicPartition, mpsc::UnboundedSender<(Instant, Pending)>>,
     states: DashMap<TopicPartition, Arc<Mutex<Snapshot>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     senders: Mutex<HashMap<i32, mpsc::Sender<sender::Unit>>>,
@@ -246,6 +253,7 @@ impl Shared {
 pub struct Replicator {
     shared: Arc<Shared>,
     checkpoint_task: Option<JoinHandle<()>>,
+    gauges_task: Option<JoinHandle<()>>,
     checkpoint_stop: CancellationToken,
 }
 
@@ -380,6 +388,10 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
             checkpoint_stop.clone(),
         ))
     });
+    let gauges_task = Some(tokio::spawn(gauges_loop(
+        handle.clone(),
+        checkpoint_stop.clone(),
+    )));
     tracing::info!(
         dc2 = ?config.target.bootstrap, dc2_tls = config.target.tls.enabled,
         dc1_tls = config.source.tls.enabled, prefix = %shared.settings.topic_prefix,
@@ -388,8 +400,44 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
     Ok(Replicator {
         shared,
         checkpoint_task,
+        gauges_task,
         checkpoint_stop,
     })
+}
+
+/// How often the per-topic age and byte gauges are recomputed.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Publishes, per DC1 topic, the age of the oldest data not yet in DC2 and the bytes
+/// waiting, from the partitions' snapshots. A topic that no longer has any is set to 0.
+async fn gauges_loop(handle: ReplicatorHandle, stop: CancellationToken) {
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let mut topics: HashMap<String, (f64, u64)> = HashMap::new();
+        for p in handle.partitions() {
+            let e = topics.entry(p.tp.topic.to_string()).or_default();
+            e.0 = e.0.max(p.oldest_pending.as_secs_f64());
+            e.1 += p.lag_bytes;
+        }
+        for gone in known.iter().filter(|t| !topics.contains_key(*t)) {
+            topics_gauges(gone, 0.0, 0);
+        }
+        for (topic, (age, bytes)) in &topics {
+            topics_gauges(topic, *age, *bytes);
+        }
+        known = topics.into_keys().collect();
+        tokio::select! {
+            _ = tokio::time::sleep(GAUGES_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+fn topics_gauges(topic: &str, oldest_age: f64, lag_bytes: u64) {
+    metrics::gauge!("kafka_tee_replication_oldest_pending_seconds", "topic" => topic.to_string())
+        .set(oldest_age);
+    metrics::gauge!("kafka_tee_replication_lag_bytes", "topic" => topic.to_string())
+        .set(lag_bytes as f64);
 }
 
 async fn checkpoint_loop(sh: Arc<Shared>, dir: PathBuf, stop: CancellationToken) {
@@ -526,6 +574,9 @@ impl Replicator {
         if let Some(t) = self.checkpoint_task.take() {
             let _ = t.await;
         }
+        if let Some(t) = self.gauges_task.take() {
+            let _ = t.await;
+        }
         if let Err(e) = self.write_checkpoint().await {
             tracing::error!(error = %e, "cannot write the final replicator checkpoint");
         }
@@ -558,6 +609,8 @@ impl ReplicatorHandle {
             sh.release(&item);
             return;
         }
+        // DC1 acknowledged the item just now: replication latency counts from here.
+        let item = (Instant::now(), item);
         let item = match sh.workers.get(&tp) {
             Some(tx) => match tx.send(item) {
                 Ok(()) => return,
@@ -580,12 +633,12 @@ impl ReplicatorHandle {
                 tx
             }
         };
-        if let Err(mpsc::error::SendError(item)) = tx.send(item) {
+        if let Err(mpsc::error::SendError((_, item))) = tx.send(item) {
             sh.release(&item);
         }
     }
 
-    fn spawn_worker(&self, tp: TopicPartition) -> mpsc::UnboundedSender<Pending> {
+    fn spawn_worker(&self, tp: TopicPartition) -> mpsc::UnboundedSender<(Instant, Pending)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let w = worker::Worker::new(self.shared.clone(), tp, rx);
         let task = self.shared.runtime.spawn(w.run());
@@ -625,6 +678,10 @@ impl ReplicatorHandle {
                     pushed_offset: s.pushed_offset,
                     lag_offsets: s.lag_offsets,
                     pending_bytes: s.pending_bytes,
+                    lag_bytes: s.lag_bytes,
+                    oldest_pending: s
+                        .oldest_pending_since
+                        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
                     behind_for: s.behind_since.map_or(Duration::ZERO, |t| now - t),
                     state: s.state,
                 }
@@ -638,6 +695,8 @@ impl ReplicatorHandle {
                     pushed_offset: None,
                     lag_offsets: 0,
                     pending_bytes: 0,
+                    lag_bytes: 0,
+                    oldest_pending: Duration::ZERO,
                     behind_for: Duration::ZERO,
                     state: "idle".into(),
                 });

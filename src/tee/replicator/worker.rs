@@ -47,6 +47,19 @@ pub(super) fn add_seq(seq: i32, n: i32) -> i32 {
     }
 }
 
+/// Entries kept per partition for replication latency and age; see `Worker::arrive`.
+const MAX_ARRIVALS: usize = 4096;
+
+/// DC1 offsets up to `last` handed to the replicator in one push (or found missing
+/// between two), with when that happened and the batch bytes (0 for offsets to read
+/// back from DC1).
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    last: i64,
+    at: Instant,
+    bytes: u64,
+}
+
 /// A batch ready to be sent, with the DC1 offsets it covers.
 struct Ready {
     first: i64,
@@ -126,7 +139,7 @@ enum Next {
 
 enum Event {
     Front(UnitResult),
-    Input(Option<Pending>),
+    Input(Option<(Instant, Pending)>),
     Stop,
 }
 
@@ -134,8 +147,10 @@ pub(super) struct Worker {
     sh: Arc<Shared>,
     tp: TopicPartition,
     dc2_topic: Arc<str>,
-    rx: mpsc::UnboundedReceiver<Pending>,
+    rx: mpsc::UnboundedReceiver<(Instant, Pending)>,
     rx_open: bool,
+    /// The DC1 offsets handed over and not yet in DC2, with when they were pushed.
+    arrivals: VecDeque<Arrival>,
     queue: PartitionQueue,
     catchup: Option<CatchUp>,
     catchup_retry_at: Option<Instant>,
@@ -177,7 +192,7 @@ impl Worker {
     pub(super) fn new(
         sh: Arc<Shared>,
         tp: TopicPartition,
-        rx: mpsc::UnboundedReceiver<Pending>,
+        rx: mpsc::UnboundedReceiver<(Instant, Pending)>,
     ) -> Self {
         let dc2_topic: Arc<str> = Arc::from(format!("{}{}", sh.settings.topic_prefix, tp.topic));
         let gate = sh.gates.gate(&tp.topic);
@@ -188,6 +203,8 @@ impl Worker {
             pushed_offset: restored.map(|p| p.offset),
             lag_offsets: 0,
             pending_bytes: 0,
+            lag_bytes: 0,
+            oldest_pending_since: None,
             behind_since: None,
             state: "starting".into(),
         }));
@@ -201,6 +218,7 @@ impl Worker {
             gate,
             rx,
             rx_open: true,
+            arrivals: VecDeque::new(),
             queue: PartitionQueue::default(),
             catchup: None,
             catchup_retry_at: None,
@@ -303,10 +321,13 @@ impl Worker {
                         partition = %self.tp, from = expect, to = end - 1,
                         "resuming after a restart: offsets after the checkpoint will be read back from DC1"
                     );
-                    self.accept(Pending::Gap {
-                        from: expect,
-                        to: end - 1,
-                    });
+                    self.accept(
+                        Instant::now(),
+                        Pending::Gap {
+                            from: expect,
+                            to: end - 1,
+                        },
+                    );
                 }
             }
             Err(crate::client::ClientError::UnknownTopic { .. }) => {
@@ -343,7 +364,12 @@ impl Worker {
             _ if lag > 0 => "replicating".into(),
             _ => "in sync".into(),
         };
+        self.prune_arrivals();
+        let lag_bytes = self.arrivals.iter().map(|a| a.bytes).sum::<u64>();
+        let oldest = self.arrivals.front().map(|a| a.at);
         let mut s = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        s.lag_bytes = lag_bytes;
+        s.oldest_pending_since = oldest;
         s.replicated_offset = self.acked;
         s.pushed_offset = self.pushed_upto;
         s.lag_offsets = lag;
@@ -376,14 +402,14 @@ impl Worker {
     fn drain_input(&mut self) {
         while self.rx_open {
             match self.rx.try_recv() {
-                Ok(item) => self.accept(item),
+                Ok((at, item)) => self.accept(at, item),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => self.rx_open = false,
             }
         }
     }
 
-    fn accept(&mut self, item: Pending) {
+    fn accept(&mut self, at: Instant, item: Pending) {
         let (first, last) = item_range(&item);
         let after_restart = self.expect.take().is_some();
         // Offsets skipped between two items (or since the checkpoint) were appended to
@@ -409,11 +435,17 @@ impl Worker {
                 from: seen + 1,
                 to: first - 1,
             });
+            self.arrive(first - 1, at, 0);
         }
         if self.lag_base.is_none() {
             self.lag_base = Some(first - 1);
         }
         self.pushed_upto = Some(self.pushed_upto.map_or(last, |p| p.max(last)));
+        let bytes = match &item {
+            Pending::Batch { records, .. } => records.len() as u64,
+            Pending::Gap { .. } => 0,
+        };
+        self.arrive(last, at, bytes);
         match item {
             Pending::Batch { records, .. } if self.is_held() => {
                 self.sh.budget.release(records.len());
@@ -761,7 +793,7 @@ impl Worker {
         };
         match ev {
             Event::Stop => {}
-            Event::Input(Some(item)) => self.accept(item),
+            Event::Input(Some((at, item))) => self.accept(at, item),
             Event::Input(None) => self.rx_open = false,
             Event::Front(r) => {
                 if let Some(front) = self.inflight.front_mut() {
@@ -928,6 +960,13 @@ impl Worker {
     }
 
     fn commit(&mut self, ready: Ready, seq: i32) {
+        let pushed_at = self
+            .arrivals
+            .iter()
+            .find(|a| a.last >= ready.first)
+            .map(|a| a.at);
+        let latency = pushed_at.map_or(Duration::ZERO, |t| t.elapsed());
+        metrics::histogram!("kafka_tee_replication_latency_seconds").record(latency.as_secs_f64());
         self.acked_seq = add_seq(seq, ready.span());
         self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
         self.sh.budget.release(ready.budget);
@@ -965,6 +1004,30 @@ impl Worker {
         if at_front {
             self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
             self.publish();
+        }
+    }
+
+    /// Remembers when offsets `first..=last` were handed over (in offset order). Past
+    /// `MAX_ARRIVALS` entries, a new one is merged into the last (keeping the earlier
+    /// time), so a partition held for long does not grow this without bound.
+    fn arrive(&mut self, last: i64, at: Instant, bytes: u64) {
+        if self.arrivals.len() >= MAX_ARRIVALS
+            && let Some(back) = self.arrivals.back_mut()
+        {
+            back.last = back.last.max(last);
+            back.bytes += bytes;
+            return;
+        }
+        self.arrivals.push_back(Arrival { last, at, bytes });
+    }
+
+    /// Forgets the arrivals DC2 now holds entirely.
+    fn prune_arrivals(&mut self) {
+        let Some(acked) = self.acked else {
+            return;
+        };
+        while self.arrivals.front().is_some_and(|a| a.last <= acked) {
+            self.arrivals.pop_front();
         }
     }
 
@@ -1022,7 +1085,7 @@ impl Worker {
             tokio::select! {
                 _ = tokio::time::sleep_until(until.into()) => return,
                 item = self.rx.recv(), if self.rx_open => match item {
-                    Some(i) => self.accept(i),
+                    Some((at, i)) => self.accept(at, i),
                     None => self.rx_open = false,
                 },
                 _ = draining.cancelled(), if stop_on_drain => return,
@@ -1038,7 +1101,7 @@ impl Worker {
         let draining = self.sh.draining.clone();
         tokio::select! {
             item = self.rx.recv(), if self.rx_open => match item {
-                Some(i) => self.accept(i),
+                Some((at, i)) => self.accept(at, i),
                 None => self.rx_open = false,
             },
             // Wakes up once so the run loop sees the drain and checks `finished`.
