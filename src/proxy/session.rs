@@ -131,7 +131,25 @@ where
     let (tx, rx) = mpsc::channel(ctx.config.proxy.max_in_flight);
     let requests = forward_requests(cr, BufWriter::with_capacity(64 * 1024, uw), tx, ctx, &addr);
     let responses = forward_responses(ur, BufWriter::with_capacity(64 * 1024, cw), rx, ctx, &addr);
-    tokio::try_join!(requests, responses).map(|_| ())
+    tokio::pin!(requests, responses);
+    tokio::select! {
+        // DC1's side failed: nothing more can be answered.
+        r = &mut responses => r,
+        // The client stopped sending (closed, failed, or shutdown). The answers DC1
+        // still owes are read anyway, so the tee learns where DC1 put every batch it
+        // appended (acks=0 requests included), even if nobody is left to answer.
+        r = &mut requests => {
+            let drain = Duration::from_millis(ctx.config.proxy.shutdown_grace_ms);
+            let drained = match tokio::time::timeout(drain, &mut responses).await {
+                Ok(d) => d,
+                Err(_) => Err(SessionError::Upstream {
+                    addr: addr.clone(),
+                    message: format!("in-flight responses not received within {drain:?}"),
+                }),
+            };
+            r.and(drained)
+        }
+    }
 }
 
 async fn connect(
@@ -351,6 +369,7 @@ where
         addr: addr.to_owned(),
         source,
     };
+    let mut client_gone: Option<SessionError> = None;
     while let Some(entry) = fifo.recv().await {
         let frame = match frames.next().await {
             Some(r) => r.map_err(frame_err)?,
@@ -374,24 +393,29 @@ where
         if swallow {
             continue;
         }
+        if client_gone.is_some() {
+            continue;
+        }
         metrics::counter!("kafka_tee_client_bytes_out_total").increment(frame.len() as u64 + 4);
-        write_frame(&mut client, &frame)
-            .await
-            .map_err(|e| SessionError::Client(e.to_string()))?;
         // Responses already read share one write; a response is never held back
         // waiting for a later one (a long-polling Fetch may follow it).
-        if !has_complete_frame(frames.read_buffer()) {
-            client
-                .flush()
-                .await
-                .map_err(|e| SessionError::Client(e.to_string()))?;
+        let more = has_complete_frame(frames.read_buffer());
+        let written = match write_frame(&mut client, &frame).await {
+            Ok(()) if !more => client.flush().await,
+            other => other,
+        };
+        // A client that went away still has its in-flight answers read (for the tee).
+        if let Err(e) = written {
+            client_gone = Some(SessionError::Client(e.to_string()));
         }
+    }
+    if let Some(e) = client_gone {
+        return Err(e);
     }
     client
         .flush()
         .await
-        .map_err(|e| SessionError::Client(e.to_string()))?;
-    Ok(())
+        .map_err(|e| SessionError::Client(e.to_string()))
 }
 
 /// Applies the rewrites and the tee's bookkeeping to one response frame.
