@@ -157,3 +157,13 @@ def test_latency_histogram_and_oldest_pending_after_traffic(dc1, dc2, proxy, pki
     assert count == batches, (count, batches)
     total = teeutil.metric(px, "kafka_tee_replication_latency_seconds_sum")
     assert 0 < total < 30 * batches
+    # The status report's partition rows come from the replicator itself.
+    import json
+    import urllib.request
+
+    report = json.loads(urllib.request.urlopen(
+        f"http://{harness.HOST}:{px.admin_port}/status.json", timeout=5).read())
+    rows = [r for r in report["replication"]["partitions"] if r["topic"] == topic]
+    assert [(r["partition"], r["lag_records"], r["lag_bytes"], r["oldest_pending_seconds"],
+             r["state"]) for r in rows] == [(0, 0, 0, 0.0, "in sync")], rows
+    assert rows[0]["replicated_offset"] == N - 1

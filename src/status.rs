@@ -4,10 +4,9 @@
 //! prints as a table.
 //!
 //! Replication rows come from two places. A [`ReplicationView`] gives one row per
-//! partition; the replicator's handle implements it with what it exposes today (the
-//! last DC1 offset known to be in DC2), and a richer implementation can fill in the
-//! per-partition lag too. The per-topic lag gauges the replicator publishes fill in
-//! what the view leaves open: a topic's lag goes on its only partition's row (on every
+//! partition; the replicator's handle implements it with its per-partition state (last
+//! DC1 offset in DC2, lag in offsets and bytes, oldest pending age, state word). The
+//! per-topic lag gauges the replicator publishes fill in what a view leaves open: a topic's lag goes on its only partition's row (on every
 //! row when it is 0), or else on a whole-topic row (partition `*`). Throughput is the replicated offset's progress
 //! between samples; the state word is derived when the view gives none.
 
@@ -37,16 +36,21 @@ pub trait ReplicationView: Send + Sync {
     fn partitions(&self) -> Vec<PartitionState>;
 }
 
-/// The replicator's handle knows, per partition, the last DC1 offset in DC2.
+/// The replicator's handle knows, per partition, the last DC1 offset in DC2, the lag in
+/// offsets and bytes, the age of the oldest data waiting and a state word.
 impl ReplicationView for crate::tee::replicator::ReplicatorHandle {
     fn partitions(&self) -> Vec<PartitionState> {
-        self.checkpoint_offsets()
+        crate::tee::replicator::ReplicatorHandle::partitions(self)
             .into_iter()
-            .map(|(tp, offset)| PartitionState {
-                topic: tp.topic.to_string(),
-                partition: Some(tp.partition),
-                replicated_offset: Some(offset),
-                ..PartitionState::default()
+            .map(|p| PartitionState {
+                topic: p.tp.topic.to_string(),
+                partition: Some(p.tp.partition),
+                replicated_offset: p.replicated_offset,
+                lag_records: Some(p.lag_offsets),
+                lag_bytes: Some(p.lag_bytes),
+                oldest_pending_seconds: Some(p.oldest_pending.as_secs_f64()),
+                records_per_second: None,
+                state: p.state,
             })
             .collect()
     }
