@@ -227,13 +227,27 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
+def _stat(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
         return None
-    # utime + stime + the same for reaped children (socat forks one per connection).
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of the process itself (not of its children)."""
+    f = _stat(pid)
+    return None if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            f = _stat(int(d))
+            if f is not None and int(f[1]) == pid:
+                out.append(int(d))
+    return out
 
 
 def busy_cores_seconds() -> float:
@@ -248,18 +262,28 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-class RssSampler:
-    """Samples a process's RSS every 0.2 s while a run goes on."""
+class Sampler:
+    """Samples the measured process every 0.2 s while a run goes on: peak RSS of it and
+    its children, and the CPU of children that come and go with the run (socat forks
+    one per connection)."""
 
     def __init__(self, pid: int | None):
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self.child_cpu: dict[int, float] = {}
         self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _tick(self):
+        kids = children_of(self.pid)
+        rss = (rss_kib(self.pid) or 0) + sum(rss_kib(k) or 0 for k in kids)
+        self.peak = max(self.peak, rss)
+        for k in kids:
+            c = cpu_seconds(k)
+            if c is not None:
+                self.child_cpu[k] = max(c, self.child_cpu.get(k, 0.0))
 
     def _loop(self):
         while not self._stop.is_set():
-            v = rss_kib(self.pid) if self.pid else None
-            if v:
-                self.peak = max(self.peak, v)
+            self._tick()
             self._stop.wait(0.2)
 
     def __enter__(self):
@@ -271,6 +295,7 @@ class RssSampler:
         self._stop.set()
         if self.pid:
             self._t.join()
+            self._tick()
 
 
 def delete_topic(bootstrap: str, topic: str) -> None:
@@ -441,32 +466,39 @@ def run_load(loadgen: Path, topo: Topology, path: str, topic: str, args, rate: i
     if path == "tee-on":
         argv += ["--dc2", topo.dc2, "--dc2-timeout", "60"]
     pid = topo.pid.get(path)
-    cpu0 = cpu_seconds(pid) if pid else None
-    ours = [p.pid for _, p in topo.procs.children]
-    ours0 = sum(cpu_seconds(x) or 0 for x in ours) + children_cpu()
+    ours = {name: p.pid for name, p in topo.procs.children}
+    cpu0 = {name: cpu_seconds(x) or 0.0 for name, x in ours.items()}
+    lg0 = children_cpu()
     busy0 = busy_cores_seconds()
     t0 = time.monotonic()
-    with RssSampler(pid) as sampler:
+    with Sampler(pid) as sampler:
         p = subprocess.run(argv, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=args.duration + args.warmup + 180)
     wall = time.monotonic() - t0
     busy = busy_cores_seconds() - busy0
-    mine = sum(cpu_seconds(x) or 0 for x in ours) + children_cpu() - ours0
+    cpu = {name: (cpu_seconds(x) or 0.0) - cpu0[name] for name, x in ours.items()}
+    measured = next((n for n, x in ours.items() if x == pid), None)
+    if measured:
+        cpu[measured] += sum(sampler.child_cpu.values())
+    cpu["loadgen"] = children_cpu() - lg0
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         raise RuntimeError(f"loadgen against {path} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     res = json.loads(lines[-1])
     res["path"] = path
+    acked = max(1, res["acked"])
+    # CPU per record of every process that worked during the run.
+    res["cpu_us_per_record"] = {n: round(1e6 * c / acked, 3) for n, c in cpu.items()
+                                if c >= 0.02}
     if pid:
-        cpu1 = cpu_seconds(pid)
         res["proxy_peak_rss_mib"] = round(sampler.peak / 1024, 1)
         res["proxy_hwm_mib"] = round((rss_kib(pid, "VmHWM") or 0) / 1024, 1)
-        if cpu0 is not None and cpu1 is not None:
-            res["proxy_cpu_s"] = round(cpu1 - cpu0, 3)
-            res["proxy_cpu_us_per_record"] = round(1e6 * (cpu1 - cpu0) / max(1, res["acked"]), 3)
+        res["proxy_cpu_s"] = round(cpu[measured], 3)
+        res["proxy_cpu_us_per_record"] = round(1e6 * cpu[measured] / acked, 3)
     res["wall_s"] = round(wall, 2)
     # Cores kept busy by processes this benchmark did not start (other work on a shared
     # machine): the noise behind a slow round.
+    mine = sum(cpu.values())
     res["foreign_cores"] = round(max(0.0, busy - mine) / wall, 2)
     res["bench_cores"] = round(mine / wall, 2)
     for b in topo.backing.get(path, []):
@@ -502,6 +534,10 @@ def summarize(runs: list[dict], paths: list[str]) -> dict:
             "proxy_cpu_us_per_record": med([r.get("proxy_cpu_us_per_record") for r in rs]),
             "errors": sum(r["errors"] for r in rs),
             "foreign_cores": med([r.get("foreign_cores") for r in rs]),
+            "cpu_us_per_record": {
+                name: med([r["cpu_us_per_record"].get(name) for r in rs])
+                for name in sorted({n for r in rs for n in r.get("cpu_us_per_record", {})})
+            },
         }
     return out
 
@@ -572,11 +608,12 @@ def ratio(a, b):
 
 
 def table(result: dict) -> str:
-    t, s, lat = result["throughput"], result["sink"], result["latency"]
+    t, s = result["throughput"], result["sink"]
     d = t.get("direct", {}).get("records_per_s")
     rows = ["| path | records/s | MB/s | x direct | p99 ms (max rate) | proxy peak RSS MiB "
-            "| proxy CPU µs/record | DC2 catch-up s | other load, cores |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| proxy CPU µs/record | all processes CPU µs/record | DC2 catch-up s "
+            "| other load, cores |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path in THROUGHPUT_PATHS:
         if path not in t:
             continue
@@ -585,12 +622,14 @@ def table(result: dict) -> str:
                     f"{fmt(ratio(r['records_per_s'], d), '.2f')} | {fmt(r['p99_ms'], '.1f')} | "
                     f"{fmt(r['proxy_peak_rss_mib'], '.1f')} | "
                     f"{fmt(r['proxy_cpu_us_per_record'], '.2f')} | "
+                    f"{fmt(sum(r['cpu_us_per_record'].values()), '.2f')} | "
                     f"{fmt(r['dc2_catchup_s'], '.3f')} | {fmt(r['foreign_cores'], '.2f')} |")
     if s:
         relay = s.get("sink-relay", {}).get("records_per_s")
         rows += ["", "| forwarding capacity (no broker) | records/s | MB/s | x L4 relay | "
-                 "p99 ms | proxy peak RSS MiB | proxy CPU µs/record |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
+                 "p99 ms | proxy peak RSS MiB | proxy CPU µs/record | "
+                 "all processes CPU µs/record | other load, cores |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for path in SINK_PATHS:
             if path not in s:
                 continue
@@ -598,13 +637,19 @@ def table(result: dict) -> str:
             rows.append(f"| {path} | {fmt(r['records_per_s'])} | {fmt(r['mb_per_s'], '.1f')} | "
                         f"{fmt(ratio(r['records_per_s'], relay), '.2f')} | "
                         f"{fmt(r['p99_ms'], '.1f')} | {fmt(r['proxy_peak_rss_mib'], '.1f')} | "
-                        f"{fmt(r['proxy_cpu_us_per_record'], '.2f')} |")
-    if lat:
-        rate = result.get("latency_rate")
+                        f"{fmt(r['proxy_cpu_us_per_record'], '.2f')} | "
+                        f"{fmt(sum(r['cpu_us_per_record'].values()), '.2f')} | "
+                        f"{fmt(r['foreign_cores'], '.2f')} |")
+    for key, rate_key, what in (("latency", "latency_rate", "half of direct's peak"),
+                                ("latency_light", "light_rate", "light load")):
+        lat = result.get(key) or {}
+        if not lat:
+            continue
         dl = lat.get("direct", {})
-        rows += ["", f"| latency at {fmt(rate)} records/s (half of direct's peak) | p50 ms | "
-                 "p99 ms | p99.9 ms | added p99 ms vs direct | DC2 catch-up s |",
-                 "|---|---:|---:|---:|---:|---:|"]
+        rows += ["", f"| latency at {fmt(result.get(rate_key))} records/s ({what}) | "
+                 "p50 ms | p99 ms | p99.9 ms | added p99 ms vs direct | DC2 catch-up s | "
+                 "other load, cores |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
         for path in LATENCY_PATHS:
             if path not in lat:
                 continue
@@ -613,7 +658,7 @@ def table(result: dict) -> str:
             rows.append(f"| {path} | {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | "
                         f"{fmt(r['p999_ms'], '.2f')} | "
                         f"{fmt(added, '+.2f') if path != 'direct' else '-'} | "
-                        f"{fmt(r['dc2_catchup_s'], '.3f')} |")
+                        f"{fmt(r['dc2_catchup_s'], '.3f')} | {fmt(r['foreign_cores'], '.2f')} |")
     return "\n".join(rows)
 
 
@@ -723,7 +768,9 @@ def main() -> int:
     ap.add_argument("--acks", default="all")
     ap.add_argument("--paths", default=",".join(THROUGHPUT_PATHS + SINK_PATHS),
                     help="comma-separated subset of the paths to run")
-    ap.add_argument("--no-latency", action="store_true", help="skip the half-rate run")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    ap.add_argument("--light-fraction", type=float, default=0.1,
+                    help="second latency run at this fraction of direct's peak (0: none)")
     ap.add_argument("--skip-build", action="store_true",
                     help="use the existing target/release/kafka-tee")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke test)")
@@ -754,7 +801,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     runs: list[dict] = []
     lat_runs: list[dict] = []
-    latency_rate = None
+    light_runs: list[dict] = []
+    latency_rate = light_rate = None
     try:
         topo = Topology(procs, kt, socat, work / "state")
         topo.start(loadgen, set(paths) | ({"direct"} if not args.no_latency else set()))
@@ -780,18 +828,24 @@ def main() -> int:
         direct_peak = med([r["records_per_s"] for r in runs if r["path"] == "direct"])
         if not args.no_latency and direct_peak:
             latency_rate = int(direct_peak / 2)
+            light_rate = int(direct_peak * args.light_fraction)
             lpaths = [p for p in LATENCY_PATHS if p == "direct" or p in paths]
-            for rnd in range(args.rounds):
-                order = lpaths[rnd % len(lpaths):] + lpaths[:rnd % len(lpaths)]
-                for path in order:
-                    topic = f"bench-lat-{path}-r{rnd}-{random.randrange(1 << 30):x}"
-                    r = run_load(loadgen, topo, path, topic, args, rate=latency_rate)
-                    r["round"] = rnd
-                    lat_runs.append(r)
-                    log(f"latency round {rnd + 1}/{args.rounds} {path:8s} at {latency_rate} "
-                        f"rec/s: p50 {r['latency_ms']['p50']:.2f} p99 "
-                        f"{r['latency_ms']['p99']:.2f} p99.9 {r['latency_ms']['p999']:.2f} ms; "
-                        f"other load {r['foreign_cores']:.2f} cores")
+            for kind, rate, sink_list in (("half", latency_rate, lat_runs),
+                                          ("light", light_rate, light_runs)):
+                if rate <= 0:
+                    continue
+                for rnd in range(args.rounds):
+                    order = lpaths[rnd % len(lpaths):] + lpaths[:rnd % len(lpaths)]
+                    for path in order:
+                        topic = f"bench-lat-{kind}-{path}-r{rnd}-{random.randrange(1 << 30):x}"
+                        r = run_load(loadgen, topo, path, topic, args, rate=rate)
+                        r["round"] = rnd
+                        sink_list.append(r)
+                        log(f"latency ({kind}) round {rnd + 1}/{args.rounds} {path:8s} at "
+                            f"{rate} rec/s: p50 {r['latency_ms']['p50']:.2f} p99 "
+                            f"{r['latency_ms']['p99']:.2f} p99.9 "
+                            f"{r['latency_ms']['p999']:.2f} ms; "
+                            f"other load {r['foreign_cores']:.2f} cores")
         final_hwm = {p: round((rss_kib(pid, "VmHWM") or 0) / 1024, 1)
                      for p, pid in topo.pid.items() if pid}
     except KeyboardInterrupt as e:
@@ -813,9 +867,11 @@ def main() -> int:
         "sink": summarize(runs, SINK_PATHS),
         "latency_rate": latency_rate,
         "latency": summarize(lat_runs, LATENCY_PATHS),
+        "light_rate": light_rate,
+        "latency_light": summarize(light_runs, LATENCY_PATHS),
         "proxy_idle_rss_mib": idle,
         "proxy_final_hwm_mib": final_hwm,
-        "runs": runs + lat_runs,
+        "runs": runs + lat_runs + light_runs,
         "duration_s": round(time.monotonic() - started, 1),
     }
     rps = lambda r: r["records_per_s"]  # noqa: E731
@@ -831,8 +887,12 @@ def main() -> int:
         "sink-tee/sink-relay": paired(runs, "sink-tee", "sink-relay", rps),
         "latency added p99 ms tee-off": paired_diff(lat_runs, "tee-off", "direct", p99),
         "latency added p99 ms tee-on": paired_diff(lat_runs, "tee-on", "direct", p99),
+        "light latency added p99 ms tee-off": paired_diff(light_runs, "tee-off", "direct",
+                                                          p99),
+        "light latency added p99 ms tee-on": paired_diff(light_runs, "tee-on", "direct", p99),
     }
-    result["foreign_cores_median"] = med([r.get("foreign_cores") for r in runs + lat_runs])
+    result["foreign_cores_median"] = med([r.get("foreign_cores")
+                                          for r in runs + lat_runs + light_runs])
     result["targets"] = targets(result)
     md = table(result)
     lines = [md, "", "| target | value | goal | met |", "|---|---:|---|---|"]
