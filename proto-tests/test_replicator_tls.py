@@ -167,3 +167,29 @@ def test_latency_histogram_and_oldest_pending_after_traffic(dc1, dc2, proxy, pki
     assert [(r["partition"], r["lag_records"], r["lag_bytes"], r["oldest_pending_seconds"],
              r["state"]) for r in rows] == [(0, 0, 0, 0.0, "in sync")], rows
     assert rows[0]["replicated_offset"] == N - 1
+
+
+def test_catchup_reads_dc1_over_tls(dc1, dc2, proxy, pki, tmp_path):
+    """DC1 behind a TLS edge too, and a memory bound so small that batches are read back
+    from DC1 (Fetch over TLS) before they go to DC2 (over TLS)."""
+    dc1_edge = proxy(dc1.bootstrap, name="dc1-tls-edge",
+                     extra=["--tls-cert", str(pki / "dc2-edge.pem"),
+                            "--tls-key", str(pki / "dc2-edge.key")])
+    dc2_edge = _tls_dc2(dc2, proxy, pki)
+    ca = pki / "ca.pem"
+    cfg = tmp_path / "both-tls.toml"
+    cfg.write_text(f'[source.tls]\nenabled = true\nca = "{ca}"\n'
+                   f'[target.tls]\nenabled = true\nca = "{ca}"\n'
+                   '[replication]\nmax_pending_bytes = 1024\n')
+    px = proxy(dc1_edge.bootstrap, target=dc2_edge.bootstrap, config=cfg, admin=True,
+               name="kafka-tee")
+    topic = harness.unique("repl-tls-catchup")
+    harness.create_topic(px.bootstrap, topic, partitions=1)
+    sent = make_trecords(N, "c", value_size=200)
+    res = teeutil.produce_confluent(px.bootstrap, topic, sent, **{"batch.num.messages": 10})
+    assert not res.errors, res.errors
+    assert _wait_topic(dc2.bootstrap, topic, 30), f"{topic} never appeared in DC2"
+    got = teeutil.read_count(dc2.bootstrap, topic, N, timeout=30)
+    assert sorted(r.value for r in got) == sorted(r.value for r in res.acked)
+    assert teeutil.metric(px, "kafka_tee_catchup_batches_total") > 0
+    assert teeutil.metric(px, "kafka_tee_data_lost_records_total") == 0
