@@ -40,6 +40,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -177,6 +178,18 @@ struct Stats {
     first_error: Mutex<Option<String>>,
     /// partition -> (acked records, highest acked offset)
     partitions: Mutex<HashMap<i32, (u64, i64)>>,
+    /// From librdkafka's latest statistics: what the client saw of the path.
+    client: Mutex<ClientStats>,
+}
+
+/// A few of librdkafka's statistics: how requests were shaped and how long they took.
+#[derive(Debug, Default, Clone, Copy)]
+struct ClientStats {
+    produce_requests: i64,
+    batch_records_avg: i64,
+    batch_bytes_avg: i64,
+    rtt_us_avg: i64,
+    queue_us_avg: i64,
 }
 
 impl Stats {
@@ -191,6 +204,7 @@ impl Stats {
             last_ack_ns: AtomicU64::new(0),
             first_error: Mutex::new(None),
             partitions: Mutex::new(HashMap::new()),
+            client: Mutex::new(ClientStats::default()),
         }
     }
 
@@ -202,6 +216,22 @@ impl Stats {
 impl ClientContext for Stats {
     fn error(&self, error: KafkaError, reason: &str) {
         eprintln!("loadgen: client error: {error}: {reason}");
+    }
+
+    fn stats(&self, st: Statistics) {
+        let brokers = || st.brokers.values().filter(|b| b.nodeid >= 0);
+        let window_avg = |w: Option<&rdkafka::statistics::Window>| w.map_or(0, |w| w.avg);
+        let busiest = brokers().max_by_key(|b| b.tx);
+        let topic = st.topics.values().max_by_key(|t| t.batchcnt.cnt);
+        *self.client.lock().expect("lock") = ClientStats {
+            produce_requests: brokers()
+                .map(|b| b.req.get("Produce").copied().unwrap_or(0))
+                .sum(),
+            batch_records_avg: topic.map_or(0, |t| t.batchcnt.avg),
+            batch_bytes_avg: topic.map_or(0, |t| t.batchsize.avg),
+            rtt_us_avg: window_avg(busiest.and_then(|b| b.rtt.as_ref())),
+            queue_us_avg: window_avg(busiest.and_then(|b| b.int_latency.as_ref())),
+        };
     }
 }
 
@@ -254,7 +284,8 @@ fn client_config(a: &ProduceArgs, bootstrap: &str) -> ClientConfig {
         .set("enable.idempotence", a.idempotence.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", a.buffer_kbytes.to_string())
-        .set("message.timeout.ms", "120000");
+        .set("message.timeout.ms", "120000")
+        .set("statistics.interval.ms", "500");
     if let Some(b) = a.batch_size {
         c.set("batch.size", b.to_string());
     }
@@ -413,6 +444,7 @@ fn run_produce(a: ProduceArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<(
     let (mut sent, mut acked, mut measured, mut errors, mut last_ack_ns) = (0, 0, 0, 0, 0);
     let mut partitions: BTreeMap<i32, (u64, i64)> = BTreeMap::new();
     let mut first_error = None;
+    let mut client = ClientStats::default();
     let mut producers = Vec::new();
     for r in results {
         let r = r?;
@@ -431,6 +463,15 @@ fn run_produce(a: ProduceArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<(
         }
         if first_error.is_none() {
             first_error = st.first_error.lock().expect("lock").clone();
+        }
+        // Sums over producers; averages from the busiest one.
+        let c = *st.client.lock().expect("lock");
+        client.produce_requests += c.produce_requests;
+        if c.batch_records_avg > client.batch_records_avg {
+            client = ClientStats {
+                produce_requests: client.produce_requests,
+                ..c
+            };
         }
     }
     let load_end = origin + Duration::from_nanos(last_ack_ns);
@@ -488,7 +529,9 @@ fn run_produce(a: ProduceArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<(
          \"errors\":{errors},\"first_error\":{},\"elapsed_s\":{elapsed:.4},\
          \"records_per_s\":{rps:.1},\"mb_per_s\":{mbps:.3},\"latency_ms\":{{\"p50\":{:.3},\
          \"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3},\"mean\":{:.3}}},\"dc2_catchup_s\":{},\
-         \"dc2_error\":{}}}",
+         \"dc2_error\":{},\"client\":{{\"produce_requests\":{},\"records_per_request\":{:.1},\
+         \"batch_records_avg\":{},\"batch_bytes_avg\":{},\"rtt_ms_avg\":{:.3},\
+         \"queue_ms_avg\":{:.3}}},\"librdkafka\":{}}}",
         json_str(&a.label),
         json_str(&bootstrap),
         json_str(&a.topic),
@@ -507,6 +550,13 @@ fn run_produce(a: ProduceArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<(
         hist.mean() / 1000.0,
         opt(dc2_catchup),
         opt_str(&dc2_error),
+        client.produce_requests,
+        acked as f64 / client.produce_requests.max(1) as f64,
+        client.batch_records_avg,
+        client.batch_bytes_avg,
+        client.rtt_us_avg as f64 / 1000.0,
+        client.queue_us_avg as f64 / 1000.0,
+        json_str(&rdkafka::util::get_rdkafka_version().1),
     );
     drop(producers);
     if errors > 0 && acked == 0 {
