@@ -591,7 +591,9 @@ def machine() -> dict:
         "src_dirty": dirty,
         "rustc": first_line(["rustc", "--version"]),
         "tansu": first_line([tansu_bin(), "--version"]),
-        "socat": first_line(["socat", "-V"]) if shutil.which("socat") else None,
+        "socat": next((ln.strip() for ln in subprocess.run(
+            ["socat", "-V"], text=True, capture_output=True).stdout.splitlines()
+            if ln.startswith("socat version")), None) if shutil.which("socat") else None,
         "python": platform.python_version(),
     }
 

@@ -119,7 +119,7 @@ def callgrind_top(out_file: Path, text_file: Path, n: int = 20) -> dict:
 
 def perf_top(data: Path, text_file: Path, n: int = 20) -> dict:
     rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "sym",
-                          "--percent-limit", "0.3"], text=True, capture_output=True).stdout
+                          "--percent-limit", "0.01"], text=True, capture_output=True).stdout
     text_file.write_text(rep)
     rows = []
     for line in rep.splitlines():
@@ -130,8 +130,14 @@ def perf_top(data: Path, text_file: Path, n: int = 20) -> dict:
     for pct, sym in rows:
         g = group_of(sym)
         groups[g] = groups.get(g, 0.0) + pct
-    kernel = sum(p for p, s in rows if s.startswith("[k]"))
-    return {"kernel_pct": round(kernel, 1),
+    dso = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso"],
+                         text=True, capture_output=True).stdout
+    by_dso = {}
+    for line in dso.splitlines():
+        m = re.match(r"^\s*([\d.]+)%\s+(\S+)", line)
+        if m:
+            by_dso[m.group(2)] = float(m.group(1))
+    return {"kernel_pct": by_dso.get("[kernel.kallsyms]"), "by_object": by_dso,
             "top": [{"function": s[:160], "share_pct": p} for p, s in rows[:n]],
             "groups": dict(sorted(((k, round(v, 1)) for k, v in groups.items()),
                                   key=lambda kv: -kv[1]))}
