@@ -19,7 +19,7 @@ then a latency run at half of direct's median peak rate (direct, tee-off, tee-on
 It prints a table of medians and ratios to direct, and writes
 benches/results/latest.json, latest.md and throughput.svg.
 
-  python3 benches/e2e.py            # full run (5 rounds), about 8 minutes on 2 cores
+  python3 benches/e2e.py            # full run (5 rounds): about 6 minutes on 2 cores, plus the build
   python3 benches/e2e.py --quick    # smoke test: 1 round of 2 s each
 
 Every process is started by this script and stopped by pid when it ends, also on error
