@@ -187,11 +187,16 @@ pub fn rewrite_response(
             "DescribeCluster response",
             |m: &mut DescribeClusterResponse| rewrite_describe_cluster(map, m)
         ),
-        ApiKey::Produce => apply!(
-            ProduceResponse,
-            "Produce response",
-            |m: &mut ProduceResponse| rewrite_produce(map, m)
-        ),
+        ApiKey::Produce => {
+            // Node endpoints appear only on leader changes: most responses have none
+            // and go out as they came, without a re-encode.
+            let mut msg: ProduceResponse = guarded_decode(&mut body, version, "Produce response")?;
+            if msg.node_endpoints.is_empty() {
+                return Ok(frame);
+            }
+            rewrite_produce(map, &mut msg);
+            encode(&header, hv, &msg, version, "Produce response")
+        }
         ApiKey::ApiVersions => {
             // An error answer (e.g. UNSUPPORTED_VERSION) is a v0 body: pass it through.
             match guarded_decode::<ApiVersionsResponse>(&mut body, version, "ApiVersions response")
