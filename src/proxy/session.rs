@@ -129,8 +129,19 @@ where
     let (ur, uw) = tokio::io::split(up);
     let (cr, cw) = tokio::io::split(client);
     let (tx, rx) = mpsc::channel(ctx.config.proxy.max_in_flight);
-    let requests = forward_requests(cr, BufWriter::with_capacity(64 * 1024, uw), tx, ctx, &addr);
-    let responses = forward_responses(ur, BufWriter::with_capacity(64 * 1024, cw), rx, ctx, &addr);
+    let codec = FrameCodec {
+        max: ctx.config.proxy.max_frame_bytes,
+    };
+    let (cr, ur) = (
+        FramedRead::with_capacity(cr, codec, READ_BUFFER),
+        FramedRead::with_capacity(ur, codec, READ_BUFFER),
+    );
+    let (cw, uw) = (
+        BufWriter::with_capacity(WRITE_BUFFER, cw),
+        BufWriter::with_capacity(WRITE_BUFFER, uw),
+    );
+    let requests = forward_requests(cr, uw, tx, ctx, &addr);
+    let responses = forward_responses(ur, cw, rx, ctx, &addr);
     tokio::pin!(requests, responses);
     tokio::select! {
         // DC1's side failed: nothing more can be answered.
@@ -197,7 +208,7 @@ async fn connect(
 }
 
 async fn forward_requests<R, W>(
-    client: R,
+    mut frames: FramedRead<R, FrameCodec>,
     mut upstream: W,
     fifo: mpsc::Sender<InFlight>,
     ctx: &SessionContext,
@@ -207,10 +218,6 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let codec = FrameCodec {
-        max: ctx.config.proxy.max_frame_bytes,
-    };
-    let mut frames = FramedRead::with_capacity(client, codec, READ_BUFFER);
     let idle = Duration::from_millis(ctx.config.proxy.idle_timeout_ms);
     let stalled = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
     let up_err = |e: std::io::Error| SessionError::Upstream {
@@ -271,8 +278,10 @@ where
     }
 }
 
-/// Size of the buffer each connection reads into.
+/// Size of the buffer each connection reads into, and of the one it writes through
+/// (small frames coalesce; larger ones are written directly).
 const READ_BUFFER: usize = 64 * 1024;
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Whether `buf` starts with a whole frame (so more data is ready without waiting).
 fn has_complete_frame(buf: &[u8]) -> bool {
@@ -347,7 +356,7 @@ fn client_decode(e: DecodeError) -> SessionError {
 }
 
 async fn forward_responses<R, W>(
-    upstream: R,
+    mut frames: FramedRead<R, FrameCodec>,
     mut client: W,
     mut fifo: mpsc::Receiver<InFlight>,
     ctx: &SessionContext,
@@ -357,10 +366,6 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let codec = FrameCodec {
-        max: ctx.config.proxy.max_frame_bytes,
-    };
-    let mut frames = FramedRead::with_capacity(upstream, codec, READ_BUFFER);
     let dc1 = |message: String| SessionError::Upstream {
         addr: addr.to_owned(),
         message,

@@ -11,6 +11,8 @@ pub mod batch;
 pub mod capture;
 pub mod replicator;
 
+pub use replicator::TopicFilter;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -77,33 +79,5 @@ impl Budget {
 
     pub fn max(&self) -> usize {
         self.max
-    }
-}
-
-/// Which DC1 topics are replicated: include patterns (all when empty) minus exclude
-/// patterns.
-#[derive(Debug, Clone)]
-pub struct TopicFilter {
-    include: Vec<regex::Regex>,
-    exclude: Vec<regex::Regex>,
-}
-
-impl TopicFilter {
-    /// Builds the filter; patterns were checked by `Config::validate`.
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, regex::Error> {
-        let compile = |v: &[String]| {
-            v.iter()
-                .map(|p| regex::Regex::new(p))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        Ok(Self {
-            include: compile(include)?,
-            exclude: compile(exclude)?,
-        })
-    }
-
-    pub fn wants(&self, topic: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(topic)))
-            && !self.exclude.iter().any(|r| r.is_match(topic))
     }
 }
