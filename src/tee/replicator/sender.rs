@@ -255,6 +255,14 @@ mod tests {
         )
     }
 
+    /// The record sizes of the next request taken from the backlog.
+    fn next_request_lens(backlog: &mut VecDeque<Unit>) -> Vec<usize> {
+        take_request(backlog)
+            .iter()
+            .map(|u| u.records.len())
+            .collect()
+    }
+
     #[test]
     fn one_batch_per_partition_in_order() {
         let mut backlog = VecDeque::new();
@@ -270,16 +278,8 @@ mod tests {
             backlog.push_back(u);
             rxs.push(rx);
         }
-        let first: Vec<_> = take_request(&mut backlog)
-            .iter()
-            .map(|u| u.records.len())
-            .collect();
-        assert_eq!(first, vec![10, 12, 13]);
-        let second: Vec<_> = take_request(&mut backlog)
-            .iter()
-            .map(|u| u.records.len())
-            .collect();
-        assert_eq!(second, vec![11, 14]);
+        assert_eq!(next_request_lens(&mut backlog), vec![10, 12, 13]);
+        assert_eq!(next_request_lens(&mut backlog), vec![11, 14]);
         assert!(backlog.is_empty());
     }
 
@@ -297,16 +297,11 @@ mod tests {
             backlog.push_back(u);
             rxs.push(rx);
         }
-        let first: Vec<_> = take_request(&mut backlog)
-            .iter()
-            .map(|u| u.records.len())
-            .collect();
-        assert_eq!(first, vec![MAX_REQUEST_BYTES - 10, 5, 5]);
-        let second: Vec<_> = take_request(&mut backlog)
-            .iter()
-            .map(|u| u.records.len())
-            .collect();
-        assert_eq!(second, vec![100]);
+        assert_eq!(
+            next_request_lens(&mut backlog),
+            vec![MAX_REQUEST_BYTES - 10, 5, 5]
+        );
+        assert_eq!(next_request_lens(&mut backlog), vec![100]);
     }
 
     #[test]
