@@ -20,44 +20,30 @@ import asyncio
 import socket
 import struct
 import sys
-import threading
 import time
 
-HOST = "127.0.0.1"
+from loopserver import HOST, LoopServer
+
 CHUNK = 64 * 1024
 QUEUE_CHUNKS = 16
 
 
-class Relay:
+class Relay(LoopServer):
+    thread_name = "relay"
+
     def __init__(self, upstream: tuple[str, int], listen_port: int = 0,
                  listen_host: str = HOST):
+        super().__init__(listen_host, listen_port)
         self.upstream = upstream
-        self.listen_host = listen_host
-        self.port = listen_port
         self.delay = {"up": 0.0, "down": 0.0}  # up: client -> upstream
         self.accepted = 0
         self.cuts = 0
         self.bytes_up = 0  # client -> upstream
         self.bytes_down = 0  # upstream -> client
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
         self._conns: set["_Conn"] = set()
         self._flowing: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     # ---------------------------------------------------------------- control
-
-    def start(self, timeout: float = 10.0) -> "Relay":
-        self._thread = threading.Thread(target=self._run, name=f"relay-{self.port}",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("relay did not start")
-        if self._error is not None:
-            raise self._error
-        return self
 
     def set_delay(self, seconds: float, direction: str = "both") -> None:
         """Every chunk read from now on is delivered `seconds` after it was read; in
@@ -77,52 +63,11 @@ class Relay:
     def connections(self) -> int:
         return len(self._conns)
 
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
-        except Exception:  # noqa: BLE001 - stopping anyway
-            pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
-
-    def _call(self, fn) -> None:
-        done = threading.Event()
-
-        def run():
-            try:
-                fn()
-            finally:
-                done.set()
-
-        self._loop.call_soon_threadsafe(run)
-        done.wait(timeout=10)
-
     # ------------------------------------------------------------- the loop
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            self._flowing = asyncio.Event()
-            self._flowing.set()
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._accept, self.listen_host, self.port,
-                                     reuse_address=True))
-            self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as e:  # noqa: BLE001 - reported by start()
-            self._error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
+    def _setup(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:

@@ -81,6 +81,76 @@ pub struct ClusterConfig {
     pub bootstrap: Vec<String>,
     /// TLS from the proxy to this cluster's brokers.
     pub tls: UpstreamTlsConfig,
+    /// SASL credentials for kafka-tee's own connections to this cluster (the replicator
+    /// and catch-up reads). Clients' connections through the proxy authenticate
+    /// themselves; their SASL frames pass through untouched.
+    pub sasl: Option<SaslConfig>,
+}
+
+/// A SASL mechanism kafka-tee can authenticate with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The name sent in SaslHandshake.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL username and where its password comes from: exactly one of `password`,
+/// `password_file` (first line; the file is read at start-up) and `password_env`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for SaslConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslConfig")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .finish()
+    }
+}
+
+impl SaslConfig {
+    /// The password from wherever the configuration says it is. Errors name the
+    /// source, never the secret.
+    pub fn password(&self) -> Result<String, String> {
+        match (&self.password, &self.password_file, &self.password_env) {
+            (Some(p), None, None) => Ok(p.clone()),
+            (None, Some(path), None) => std::fs::read_to_string(path)
+                .map(|text| text.lines().next().unwrap_or_default().to_string())
+                .map_err(|e| format!("password_file {}: {e}", path.display())),
+            (None, None, Some(var)) => std::env::var(var)
+                .map_err(|_| format!("password_env: environment variable {var} is not set")),
+            _ => Err("give exactly one of password, password_file, password_env".into()),
+        }
+    }
 }
 
 /// TLS from the proxy to a cluster.
@@ -343,6 +413,20 @@ impl Config {
                 }
             }
         }
+        for (name, cluster) in [("source", &self.source), ("target", &self.target)] {
+            if let Some(sasl) = &cluster.sasl {
+                if sasl.username.is_empty() {
+                    problems.push(format!("{name}.sasl.username: must not be empty"));
+                }
+                match sasl.password() {
+                    Ok(p) if p.is_empty() => {
+                        problems.push(format!("{name}.sasl: the password is empty"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("{name}.sasl: {e}")),
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -414,5 +498,50 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
+    }
+
+    #[test]
+    fn sasl_password_sources_and_errors_never_show_the_secret() {
+        let base = "[source]\nbootstrap = [\"127.0.0.1:9092\"]\n[target]\nbootstrap = [\"127.0.0.1:9093\"]\n";
+        let inline = Config::from_toml(&format!(
+            "{base}[target.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"tee\"\npassword = \"hunter2\"\n"
+        ))
+        .expect("parses");
+        inline.validate().expect("validates");
+        let sasl = inline.target.sasl.as_ref().expect("sasl");
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(sasl.password().as_deref(), Ok("hunter2"));
+        assert!(!format!("{inline:?}").contains("hunter2"));
+
+        let dir = std::env::temp_dir().join(format!("kafka-tee-sasl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\nignored\n").expect("write");
+        let from_file = Config::from_toml(&format!(
+            "{base}[target.sasl]\nmechanism = \"PLAIN\"\nusername = \"tee\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        ))
+        .expect("parses");
+        let sasl = from_file.target.sasl.as_ref().expect("sasl");
+        assert_eq!(sasl.password().as_deref(), Ok("from-file"));
+
+        let bad = Config::from_toml(&format!(
+            "{base}[target.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"\"\npassword = \"x\"\npassword_env = \"KAFKA_TEE_TEST_UNSET_VAR\"\n[source.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"u\"\npassword_env = \"KAFKA_TEE_TEST_UNSET_VAR\"\n"
+        ))
+        .expect("parses");
+        let err = bad.validate().unwrap_err().to_string();
+        for needle in [
+            "target.sasl.username",
+            "target.sasl: give exactly one",
+            "source.sasl: password_env: environment variable KAFKA_TEE_TEST_UNSET_VAR",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        let unknown = Config::from_toml(&format!(
+            "{base}[target.sasl]\nmechanism = \"GSSAPI\"\nusername = \"u\"\npassword = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert!(unknown.contains("GSSAPI"), "{unknown}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -21,11 +21,15 @@ use crate::tee::batch::{Committed, TxnFilter, split_batches};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
+    /// A kafka-tee config file: its [source] and [target] (addresses, TLS, SASL) are
+    /// used; --source and --target override the addresses.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
     /// DC1 bootstrap addresses.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "config")]
     pub source: Vec<String>,
     /// DC2 bootstrap addresses.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "config")]
     pub target: Vec<String>,
     /// Topics to compare (repeatable).
     #[arg(long, required = true)]
@@ -114,7 +118,25 @@ impl Report {
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let report = compare(&args.source, &args.target, &args.topic, &args.topic_prefix).await?;
+    let mut config = match &args.config {
+        Some(path) => crate::config::Config::from_file(path)?,
+        None => crate::config::Config::default(),
+    };
+    if !args.source.is_empty() {
+        config.source.bootstrap = args.source.clone();
+    }
+    if !args.target.is_empty() {
+        config.target.bootstrap = args.target.clone();
+    }
+    anyhow::ensure!(
+        !config.source.bootstrap.is_empty() && !config.target.bootstrap.is_empty(),
+        "verify needs DC1 and DC2 addresses (--source/--target or [source]/[target] in --config)"
+    );
+    let dc1 =
+        ClientConfig::new(Cluster::Dc1, config.source.bootstrap.clone()).secured(&config.source)?;
+    let dc2 =
+        ClientConfig::new(Cluster::Dc2, config.target.bootstrap.clone()).secured(&config.target)?;
+    let report = compare_with(dc1, dc2, &args.topic, &args.topic_prefix).await?;
     for p in &report.problems {
         println!("{p}");
     }
@@ -137,12 +159,24 @@ pub async fn compare(
     topics: &[String],
     prefix: &str,
 ) -> anyhow::Result<Report> {
-    let dc1 = Client::connect(ClientConfig::new(Cluster::Dc1, source.to_vec()))
-        .await
-        .context("connecting to DC1")?;
-    let dc2 = Client::connect(ClientConfig::new(Cluster::Dc2, target.to_vec()))
-        .await
-        .context("connecting to DC2")?;
+    compare_with(
+        ClientConfig::new(Cluster::Dc1, source.to_vec()),
+        ClientConfig::new(Cluster::Dc2, target.to_vec()),
+        topics,
+        prefix,
+    )
+    .await
+}
+
+/// Compares `topics` in DC1 with `prefix + topic` in DC2, connecting as configured.
+pub async fn compare_with(
+    source: ClientConfig,
+    target: ClientConfig,
+    topics: &[String],
+    prefix: &str,
+) -> anyhow::Result<Report> {
+    let dc1 = Client::connect(source).await.context("connecting to DC1")?;
+    let dc2 = Client::connect(target).await.context("connecting to DC2")?;
     let mut report = Report::default();
     for topic in topics {
         let dc2_topic = format!("{prefix}{topic}");

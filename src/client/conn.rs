@@ -84,6 +84,10 @@ pub struct BrokerConnection {
     cancel: CancellationToken,
     request_timeout: Duration,
     client_id: StrBytes,
+    /// When the broker's SASL session ends (KIP-368): past it the connection counts as
+    /// closed for new requests, so the pool opens (and logs in on) a fresh one while
+    /// the answers already in flight still arrive here.
+    session_end: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for BrokerConnection {
@@ -154,8 +158,18 @@ impl BrokerConnection {
             cancel,
             request_timeout: cfg.request_timeout,
             client_id: StrBytes::from_string(cfg.client_id.clone()),
+            session_end: None,
         };
         conn.versions = conn.api_versions().await?;
+        if let Some(creds) = &cfg.sasl {
+            let lifetime = super::sasl::authenticate(&conn, creds)
+                .await
+                .inspect_err(|_| {
+                    conn.close();
+                })?;
+            // Renew at 80% of the granted lifetime, well before the broker cuts us off.
+            conn.session_end = lifetime.map(|l| std::time::Instant::now() + l.mul_f64(0.8));
+        }
         tracing::debug!(
             cluster = %conn.peer.cluster, broker = conn.peer.broker.0, addr = %conn.peer.addr,
             "connected"
@@ -206,9 +220,27 @@ impl BrokerConnection {
         self.peer.cluster
     }
 
-    /// Whether the connection failed; a closed connection never recovers.
+    /// Whether the connection failed (or its SASL session is about to end); a closed
+    /// connection never recovers.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+            || self
+                .session_end
+                .is_some_and(|end| std::time::Instant::now() >= end)
+    }
+
+    pub(super) fn auth_error(
+        &self,
+        mechanism: crate::config::SaslMechanism,
+        reason: String,
+    ) -> ClientError {
+        ClientError::Auth {
+            cluster: self.peer.cluster,
+            broker: self.peer.broker.0,
+            addr: self.peer.addr.to_string(),
+            mechanism: mechanism.name(),
+            reason,
+        }
     }
 
     /// The broker's version range for an API, if it offers it.

@@ -13,6 +13,7 @@
 
 mod conn;
 mod ops;
+mod sasl;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +31,7 @@ use kafka_protocol::protocol::{Request, StrBytes};
 
 pub use conn::{BrokerConnection, PendingResponse};
 pub use ops::{CreateTopicOutcome, EARLIEST, FetchedPartition, IsolationLevel, LATEST};
+pub use sasl::{SaslCredentials, SaslError};
 
 /// Which cluster a client talks to; every error names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +67,8 @@ pub struct ClientConfig {
     pub retry_backoff_max: Duration,
     /// TLS towards the cluster's brokers; `None` dials plain TCP.
     pub tls: Option<ClientTls>,
+    /// SASL login on every new connection; `None` skips it.
+    pub sasl: Option<SaslCredentials>,
 }
 
 /// The client side of TLS towards one cluster: the connector and the settings that
@@ -109,7 +113,39 @@ impl ClientConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
             tls: None,
+            sasl: None,
         }
+    }
+
+    /// TLS and SASL as a cluster's configuration asks (`[source]` or `[target]`).
+    /// Errors name the cluster and the setting, never a password.
+    pub fn secured(mut self, settings: &crate::config::ClusterConfig) -> anyhow::Result<Self> {
+        let cluster = self.cluster;
+        self.tls =
+            ClientTls::new(&settings.tls).map_err(|e| anyhow::anyhow!("{cluster} TLS: {e}"))?;
+        self.sasl = match &settings.sasl {
+            Some(s) => {
+                let password = s
+                    .password()
+                    .map_err(|e| anyhow::anyhow!("{cluster} SASL: {e}"))?;
+                Some(SaslCredentials::new(
+                    s.mechanism,
+                    s.username.clone(),
+                    password,
+                ))
+            }
+            None => None,
+        };
+        if let Some(s) = &self.sasl
+            && s.mechanism == crate::config::SaslMechanism::Plain
+            && self.tls.is_none()
+        {
+            tracing::warn!(
+                "{cluster}: SASL PLAIN without TLS sends the password in clear text; turn on TLS \
+                 for this cluster"
+            );
+        }
+        Ok(self)
     }
 }
 
@@ -120,6 +156,14 @@ pub enum ClientError {
     Connect {
         cluster: Cluster,
         addr: String,
+        reason: String,
+    },
+    #[error("{cluster}: SASL {mechanism} login to broker {broker} ({addr}) failed: {reason}")]
+    Auth {
+        cluster: Cluster,
+        broker: i32,
+        addr: String,
+        mechanism: &'static str,
         reason: String,
     },
     #[error("{cluster}: no broker reachable: {detail}")]
@@ -186,6 +230,7 @@ impl ClientError {
     pub fn cluster(&self) -> Cluster {
         match self {
             ClientError::Connect { cluster, .. }
+            | ClientError::Auth { cluster, .. }
             | ClientError::NoBroker { cluster, .. }
             | ClientError::Disconnected { cluster, .. }
             | ClientError::Timeout { cluster, .. }
@@ -207,10 +252,13 @@ impl ClientError {
         }
     }
 
-    /// Whether trying again later (after a metadata refresh) can succeed.
+    /// Whether trying again later (after a metadata refresh) can succeed. A refused
+    /// SASL login is: credentials get fixed on the broker without restarting kafka-tee,
+    /// and giving up would drop data.
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Connect { .. }
+            | ClientError::Auth { .. }
             | ClientError::NoBroker { .. }
             | ClientError::Disconnected { .. }
             | ClientError::Timeout { .. }

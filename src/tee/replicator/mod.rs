@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientConfig, ClientError, ClientTls, Cluster};
+use crate::client::{Client, ClientConfig, ClientError, Cluster};
 use crate::config::{ClusterConfig, Config};
 use crate::tee::{Budget, Pending, TopicPartition};
 use checkpoint::{Checkpoint, PartitionCheckpoint};
@@ -277,8 +277,7 @@ fn client_config(
     config: &Config,
 ) -> anyhow::Result<ClientConfig> {
     let r = &config.replication;
-    let mut c = ClientConfig::new(cluster, target.bootstrap.clone());
-    c.tls = ClientTls::new(&target.tls).with_context(|| format!("{cluster} TLS"))?;
+    let mut c = ClientConfig::new(cluster, target.bootstrap.clone()).secured(target)?;
     c.connect_timeout = config.connect_timeout();
     c.request_timeout = Duration::from_millis(r.request_timeout_ms.max(1));
     c.retry_backoff = Duration::from_millis(r.retry_backoff_ms.max(1));
