@@ -9,6 +9,9 @@ so that the noise of a shared machine falls on all of them alike:
   direct        loadgen -> DC1 broker
   tee-off       loadgen -> kafka-tee -> DC1
   tee-on        loadgen -> kafka-tee --target DC2 -> DC1 (+ DC2 catch-up time)
+  tee-remote    loadgen -> kafka-tee --target sink -> DC1: the tee on, with DC2's broker
+                not on this machine (a sink stands in for a DC2 in another data center,
+                so the second broker's CPU is not taken from the producer and DC1)
   l4-relay      loadgen -> socat -> DC1' (a broker advertising the relay's port, so
                 every connection stays on the relay)
   tansu-proxy   loadgen -> tansu proxy -> DC1
@@ -54,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benches" / "results"
 HOST = "127.0.0.1"
 
-THROUGHPUT_PATHS = ["direct", "tee-off", "tee-on", "l4-relay", "tansu-proxy"]
+THROUGHPUT_PATHS = ["direct", "tee-off", "tee-on", "tee-remote", "l4-relay", "tansu-proxy"]
 SINK_PATHS = ["sink-tee", "sink-relay"]
 LATENCY_PATHS = ["direct", "tee-off", "tee-on"]
 
@@ -396,18 +399,21 @@ class Topology:
         wait_port(port, p, name, self.procs)
         return f"{HOST}:{port}", p.pid
 
-    def sink(self, name: str, loadgen: Path, advertise: str | None = None) -> str:
+    def sink(self, name: str, loadgen: Path, advertise: str | None = None,
+             partitions: int | None = None) -> str:
         port = free_port()
         argv = [str(loadgen), "sink", "--listen", f"{HOST}:{port}"]
+        if partitions:
+            argv += ["--partitions", str(partitions)]
         if advertise:
             argv += ["--advertise", advertise]
         p = self.procs.start(name, argv)
         wait_port(port, p, name, self.procs)
         return f"{HOST}:{port}"
 
-    def start(self, loadgen: Path, paths: set[str]) -> None:
+    def start(self, loadgen: Path, paths: set[str], partitions: int) -> None:
         need = lambda *names: any(n in paths for n in names)  # noqa: E731
-        if need("direct", "tee-off", "tee-on", "tansu-proxy"):
+        if need("direct", "tee-off", "tee-on", "tee-remote", "tansu-proxy"):
             dc1 = self.tansu("dc1")
             self.bootstrap["direct"], self.backing["direct"] = dc1, [dc1]
             self.pid["direct"] = None
@@ -421,6 +427,11 @@ class Topology:
             addr, pid = self.kafka_tee("kafka-tee-on", dc1, self.dc2)
             self.bootstrap["tee-on"], self.backing["tee-on"], self.pid["tee-on"] = \
                 addr, [dc1, self.dc2], pid
+        if need("tee-remote"):
+            remote = self.sink("sink-dc2", loadgen, partitions=partitions)
+            addr, pid = self.kafka_tee("kafka-tee-remote", dc1, remote)
+            self.bootstrap["tee-remote"], self.backing["tee-remote"] = addr, [dc1]
+            self.pid["tee-remote"] = pid
         if need("l4-relay"):
             # A broker that advertises the relay's port: clients reconnect through it.
             rport = free_port()
@@ -677,6 +688,9 @@ def targets(result: dict) -> list[dict]:
     add("tee off vs direct", off, ">= 0.97", off is not None and off >= 0.97)
     on = ratio(t.get("tee-on", {}).get("records_per_s"), d)
     add("tee on vs direct", on, ">= 0.90", on is not None and on >= 0.90)
+    rem = ratio(t.get("tee-remote", {}).get("records_per_s"), d)
+    add("tee on, DC2 off this machine (sink) vs direct", rem, ">= 0.90",
+        rem is not None and rem >= 0.90)
     lag = t.get("tee-on", {}).get("dc2_catchup_s_max")
     add("DC2 caught up (worst round, max rate)", lag, "<= 1 s", lag is not None and lag <= 1.0)
     tp = ratio(t.get("tee-off", {}).get("records_per_s"),
@@ -807,7 +821,8 @@ def main() -> int:
     latency_rate = light_rate = None
     try:
         topo = Topology(procs, kt, socat, work / "state")
-        topo.start(loadgen, set(paths) | ({"direct"} if not args.no_latency else set()))
+        topo.start(loadgen, set(paths) | ({"direct"} if not args.no_latency else set()),
+                   args.partitions)
         idle = {p: round((rss_kib(pid) or 0) / 1024, 1) for p, pid in topo.pid.items() if pid}
         tput = [p for p in THROUGHPUT_PATHS if p in paths]
         sink = [p for p in SINK_PATHS if p in paths]
@@ -883,6 +898,7 @@ def main() -> int:
                 "same round",
         "tee-off/direct": paired(runs, "tee-off", "direct", rps),
         "tee-on/direct": paired(runs, "tee-on", "direct", rps),
+        "tee-remote/direct": paired(runs, "tee-remote", "direct", rps),
         "l4-relay/direct": paired(runs, "l4-relay", "direct", rps),
         "tansu-proxy/direct": paired(runs, "tansu-proxy", "direct", rps),
         "tee-off/tansu-proxy": paired(runs, "tee-off", "tansu-proxy", rps),
