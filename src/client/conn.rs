@@ -44,7 +44,10 @@ type Stream = Box<dyn BrokerIo>;
 
 /// A request frame waiting for the writer.
 struct Outgoing {
+    /// Size, header and (for `submit`) the whole body.
     frame: BytesMut,
+    /// Body parts written after `frame` as they are (`submit_encoded`).
+    tail: Vec<Bytes>,
     api: ApiKey,
     reply: oneshot::Sender<Result<Bytes, ClientError>>,
 }
@@ -284,8 +287,55 @@ impl BrokerConnection {
     ) -> Result<PendingResponse<R::Response>, ClientError> {
         let api = api_key::<R>(&self.peer)?;
         let frame = self.encode(req, api, version)?;
+        self.enqueue(frame, Vec::new(), api, version).await
+    }
+
+    /// Like [`submit`](Self::submit) for a body the caller encoded itself as parts:
+    /// they are written after the request header in order, never copied into one
+    /// buffer (the replicator's Produce requests carry shared record batches this way).
+    pub async fn submit_encoded<T: Decodable + HeaderVersion>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: Vec<Bytes>,
+    ) -> Result<PendingResponse<T>, ClientError> {
+        let mut header = RequestHeader::default();
+        header.request_api_key = api as i16;
+        header.request_api_version = version;
+        header.client_id = Some(self.client_id.clone());
+        let mut frame = BytesMut::with_capacity(64);
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, api.request_header_version(version))
+            .map_err(|e| ClientError::Protocol {
+                cluster: self.peer.cluster,
+                broker: self.peer.broker.0,
+                message: format!("cannot encode {api:?} v{version} header: {e}"),
+            })?;
+        let total = frame.len() - 4 + body.iter().map(Bytes::len).sum::<usize>();
+        let len = i32::try_from(total).map_err(|_| ClientError::Protocol {
+            cluster: self.peer.cluster,
+            broker: self.peer.broker.0,
+            message: format!("{api:?} request too large"),
+        })?;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        self.enqueue(frame, body, api, version).await
+    }
+
+    async fn enqueue<T>(
+        &self,
+        frame: BytesMut,
+        tail: Vec<Bytes>,
+        api: ApiKey,
+        version: i16,
+    ) -> Result<PendingResponse<T>, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let out = Outgoing { frame, api, reply };
+        let out = Outgoing {
+            frame,
+            tail,
+            api,
+            reply,
+        };
         match tokio::time::timeout(self.request_timeout, self.tx.send(out)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(self.peer.disconnected("connection closed")),
@@ -504,6 +554,9 @@ async fn write_loop(
         }
         let written = tokio::time::timeout(timeout, async {
             w.write_all(&out.frame).await?;
+            for part in &out.tail {
+                w.write_all(part).await?;
+            }
             if rx.is_empty() {
                 w.flush().await?;
             }

@@ -248,36 +248,64 @@ impl RecordBatch {
         }
     }
 
-    /// A copy of this batch with the producer identity and sequence replaced (and the
+    /// This batch with the producer identity and sequence replaced (and the
     /// transactional bit cleared on request), its CRC recomputed. The base offset and
     /// partition leader epoch are reset to what a producer sends (0 and -1); the target
-    /// broker assigns both, and neither is covered by the CRC. The records section is
-    /// copied byte for byte.
+    /// broker assigns both, and neither is covered by the CRC. Only the 61-byte header
+    /// is new: the records section is the same shared buffer, never copied.
     pub fn patch(
         &self,
         producer_id: i64,
         epoch: i16,
         base_sequence: i32,
         clear_transactional: bool,
-    ) -> Bytes {
-        let mut buf = BytesMut::from(&self.bytes[..]);
-        buf[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0i64.to_be_bytes());
-        buf[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
+    ) -> PatchedBatch {
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&self.bytes[..HEADER_LEN]);
+        h[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0i64.to_be_bytes());
+        h[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
             .copy_from_slice(&(-1i32).to_be_bytes());
         if clear_transactional {
-            let attrs = be_i16(&buf, ATTRIBUTES) & !attr::TRANSACTIONAL;
-            buf[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
+            let attrs = be_i16(&h, ATTRIBUTES) & !attr::TRANSACTIONAL;
+            h[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
         }
-        buf[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
-        buf[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
-        buf[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
-        let crc = crc32c::crc32c(&buf[ATTRIBUTES..]);
-        buf[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        buf.freeze()
+        h[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+        h[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
+        h[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+        let records = self.bytes.slice(HEADER_LEN..);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[ATTRIBUTES..]), &records);
+        h[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        PatchedBatch { header: h, records }
     }
 }
 
-/// Validates `records` as one batch and returns the patched copy
+/// A record batch as it goes to DC2: a new header and the original records section
+/// (shared, not copied). Write `header` then `records`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchedBatch {
+    pub header: [u8; HEADER_LEN],
+    pub records: Bytes,
+}
+
+impl PatchedBatch {
+    pub fn len(&self) -> usize {
+        self.header.len() + self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batch as one buffer (a copy; for tests and tools, not the hot path).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.len());
+        b.extend_from_slice(&self.header);
+        b.extend_from_slice(&self.records);
+        b.freeze()
+    }
+}
+
+/// Validates `records` as one batch and returns it patched, as one buffer
 /// (see [`RecordBatch::patch`]).
 pub fn patch(
     records: &Bytes,
@@ -286,12 +314,9 @@ pub fn patch(
     base_sequence: i32,
     clear_transactional: bool,
 ) -> Result<Bytes, BatchError> {
-    Ok(RecordBatch::parse(records.clone())?.patch(
-        producer_id,
-        epoch,
-        base_sequence,
-        clear_transactional,
-    ))
+    Ok(RecordBatch::parse(records.clone())?
+        .patch(producer_id, epoch, base_sequence, clear_transactional)
+        .to_bytes())
 }
 
 /// Splits a buffer of consecutive batches (a Fetch response's `records`) into batches,
