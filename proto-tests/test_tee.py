@@ -199,7 +199,8 @@ CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 def test_payload_bytes_unchanged_in_dc2(tee):
     """Per record batch: DC2 stores DC1's compressed records section byte for byte,
     with the same record count, offset delta, compression and timestamps; only the
-    producer fields differ (the replicator's own producer id in DC2)."""
+    producer fields differ (the replicator's own producer id in DC2), and the CRC-32C
+    matches the bytes DC2 stores."""
     # Take DC1's first producer id with an idempotent producer straight to DC1, so the
     # producer ids seen in DC1 cannot coincide with the replicator's id in DC2 (both
     # Tansu brokers hand out ids from 1).
@@ -214,7 +215,9 @@ def test_payload_bytes_unchanged_in_dc2(tee):
         for idem in (True, False):
             topic = unique(f"tee-bytes-{codec}-{'idem' if idem else 'plain'}")
             harness.create_topic(tee.px.bootstrap, topic, partitions=2)
-            sent = make_trecords(120, codec, partitions=2, value_size=30)
+            # 300-byte values: uncompressed batches exceed 4 KiB, where the replicator
+            # derives the new CRC from the stored one instead of reading the records.
+            sent = make_trecords(120, codec, partitions=2, value_size=300)
             res = teeutil.produce_confluent(
                 tee.px.bootstrap, topic, sent,
                 **{"compression.type": codec, "enable.idempotence": idem,
@@ -246,6 +249,9 @@ def test_payload_bytes_unchanged_in_dc2(tee):
                 assert b.records_section == a.records_section, (
                     f"{at}: records section differs ({len(a.records_section)} bytes in DC1, "
                     f"{len(b.records_section)} in DC2)")
+                assert b.crc == rawkafka.crc32c(b.raw[21:]), (
+                    f"{at}: DC2 batch CRC {b.crc:#x} does not match its bytes "
+                    f"({len(b.raw)} bytes)")
                 assert b.producer_id >= 0, f"{at}: DC2 batch has no producer id"
                 assert b.producer_id != a.producer_id, (
                     f"{at}: DC2 batch carries DC1's producer id {a.producer_id}")
