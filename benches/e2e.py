@@ -357,8 +357,10 @@ def run_relay(listen_port: int, target: str) -> None:
 class Topology:
     """Every broker, proxy, relay and sink of a run."""
 
-    def __init__(self, procs: Procs, kafka_tee: Path, socat: str | None, state_dir: Path):
+    def __init__(self, procs: Procs, kafka_tee: Path, socat: str | None, state_dir: Path,
+                 kafka_tee_args: list[str] | None = None):
         self.procs, self.kt, self.socat, self.state_dir = procs, kafka_tee, socat, state_dir
+        self.kt_args = kafka_tee_args or []
         self.bootstrap: dict[str, str] = {}  # path -> address the loadgen uses
         self.backing: dict[str, list[str]] = {}  # path -> brokers to clean after a run
         self.pid: dict[str, int | None] = {}  # path -> the proxy/relay process measured
@@ -389,7 +391,7 @@ class Topology:
 
     def kafka_tee(self, name: str, source: str, target: str | None = None) -> tuple[str, int]:
         port = free_port()
-        argv = [str(self.kt), "--listen", f"{HOST}:{port}", "--source", source]
+        argv = [str(self.kt), "--listen", f"{HOST}:{port}", "--source", source, *self.kt_args]
         if target:
             d = self.state_dir / name
             d.mkdir(parents=True, exist_ok=True)
@@ -785,6 +787,9 @@ def main() -> int:
     ap.add_argument("--paths", default=",".join(THROUGHPUT_PATHS + SINK_PATHS),
                     help="comma-separated subset of the paths to run")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    ap.add_argument("--kafka-tee-arg", action="append", default=[],
+                    help="extra argument for every kafka-tee started (repeatable), "
+                         "e.g. --kafka-tee-arg=--worker-threads=1")
     ap.add_argument("--light-fraction", type=float, default=0.1,
                     help="second latency run at this fraction of direct's peak (0: none)")
     ap.add_argument("--skip-build", action="store_true",
@@ -820,7 +825,7 @@ def main() -> int:
     light_runs: list[dict] = []
     latency_rate = light_rate = None
     try:
-        topo = Topology(procs, kt, socat, work / "state")
+        topo = Topology(procs, kt, socat, work / "state", args.kafka_tee_arg)
         topo.start(loadgen, set(paths) | ({"direct"} if not args.no_latency else set()),
                    args.partitions)
         idle = {p: round((rss_kib(pid) or 0) / 1024, 1) for p, pid in topo.pid.items() if pid}

@@ -246,8 +246,9 @@ def test_clients_never_connect_to_dc1_directly(dc1, proxy):
 # ------------------------------------------------------------------ pipelining
 
 
-def test_pipelined_produce_confluent(dc1, proxy):
-    px = proxy(dc1.bootstrap)
+@pytest.mark.parametrize("workers", [None, 1], ids=["default-threads", "one-thread"])
+def test_pipelined_produce_confluent(dc1, proxy, workers):
+    px = proxy(dc1.bootstrap, extra=["--worker-threads", str(workers)] if workers else [])
     topic = unique("pipe-ck")
     create_topic(px.bootstrap, topic, partitions=2)
     sent = make_records(5000, "pipe", partitions=2)

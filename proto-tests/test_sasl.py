@@ -90,9 +90,16 @@ def _produce(bootstrap: str, topic: str, tag: str, **conf) -> list[teeutil.TRec]
 
 
 def _no_secret_in(px: harness.Proxy, *secrets: str) -> None:
-    log = px.proc.log_text()
+    """No password in the proxy's log, metrics or status report."""
+    import urllib.request
+
+    texts = {"log": px.proc.log_text()}
+    for path in ("metrics", "status.json"):
+        texts[path] = urllib.request.urlopen(
+            f"http://{harness.HOST}:{px.admin_port}/{path}", timeout=5).read().decode()
     for s in secrets:
-        assert s not in log, "a password appears in the proxy log"
+        for where, text in texts.items():
+            assert s not in text, f"a password appears in the proxy's {where}"
 
 
 @pytest.mark.parametrize("mechanism,source", [("PLAIN", "inline"),

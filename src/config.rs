@@ -53,6 +53,8 @@ pub struct ProxyConfig {
     pub frame_read_timeout_ms: u64,
     /// Grace period on SIGINT/SIGTERM for in-flight requests and the replicator, in ms.
     pub shutdown_grace_ms: u64,
+    /// Threads that run connections (0: one per CPU core).
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +71,7 @@ impl Default for ProxyConfig {
             idle_timeout_ms: 600_000,
             frame_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            worker_threads: 0,
         }
     }
 }

@@ -47,6 +47,9 @@ struct RunArgs {
     /// Host name put in broker addresses handed to clients.
     #[arg(long, value_name = "HOST")]
     advertised_host: Option<String>,
+    /// Threads that run connections (default: one per CPU core).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
     /// PEM certificate chain: client-facing ports speak TLS (with --tls-key).
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -100,12 +103,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Verify(args)) => block_on(kafka_tee::verify::run(args)),
+        Some(Command::Verify(args)) => block_on(kafka_tee::verify::run(args), 0),
         Some(Command::Status {
             admin,
             timeout,
             json,
-        }) => block_on(status(admin, timeout, json)),
+        }) => block_on(status(admin, timeout, json), 0),
         None => {
             let config = match load_config(&cli.run) {
                 Ok(c) => c,
@@ -114,7 +117,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            block_on(kafka_tee::server::run_until_signal(config))
+            let workers = config.proxy.worker_threads;
+            block_on(kafka_tee::server::run_until_signal(config), workers)
         }
     }
 }
@@ -137,11 +141,16 @@ async fn status(admin: String, timeout: u64, json: bool) -> anyhow::Result<ExitC
     }
 }
 
-fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// Runs `f` on a multi-threaded runtime with `workers` threads (0: one per core).
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+    workers: usize,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kafka-tee: cannot start the runtime: {e}");
@@ -179,6 +188,9 @@ fn load_config(args: &RunArgs) -> Result<Config, kafka_tee::config::ConfigError>
     }
     if let Some(h) = &args.advertised_host {
         config.proxy.advertised_host = Some(h.clone());
+    }
+    if let Some(n) = args.worker_threads {
+        config.proxy.worker_threads = n;
     }
     if let Some(p) = &args.tls_cert {
         config.tls.cert = Some(p.clone());
