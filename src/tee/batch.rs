@@ -249,7 +249,7 @@ impl RecordBatch {
     }
 
     /// This batch with the producer identity and sequence replaced (and the
-    /// transactional bit cleared on request), its CRC recomputed. The base offset and
+    /// transactional bit cleared on request), its CRC updated. The base offset and
     /// partition leader epoch are reset to what a producer sends (0 and -1); the target
     /// broker assigns both, and neither is covered by the CRC. Only the 61-byte header
     /// is new: the records section is the same shared buffer, never copied.
