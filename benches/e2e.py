@@ -708,7 +708,7 @@ def targets(result: dict) -> list[dict]:
     fc = ratio(s.get("sink-tee", {}).get("records_per_s"),
                s.get("sink-relay", {}).get("records_per_s"))
     add("forwarding capacity vs L4 relay", fc, ">= 1.0", fc is not None and fc >= 1.0)
-    for path in ("tee-off", "tee-on"):
+    for path in ("tee-off", "tee-on", "tee-remote"):
         hw = [v for v in t.get(path, {}).get("proxy_hwm_mib_by_round", []) if v]
         if len(hw) >= 2:
             growth = hw[-1] - hw[0]
