@@ -165,20 +165,20 @@ def handshake_response(corr: int, error: int, mechanisms: Sequence[str]) -> byte
 
 
 def authenticate_response(corr: int, version: int, error: int, message: str | None,
-                          auth_bytes: bytes) -> bytes:
-    """SaslAuthenticate v0-v2 response frame; session_lifetime_ms (v1+) is 0."""
+                          auth_bytes: bytes, session_lifetime_ms: int = 0) -> bytes:
+    """SaslAuthenticate v0-v2 response frame (session_lifetime_ms from v1 on)."""
     if version >= 2:  # flexible: response header v1, compact types, tagged fields
         msg = b"\x00" if message is None else uvarint(len(message.encode()) + 1) \
             + message.encode()
         body = (struct.pack(">i", corr) + b"\x00" + struct.pack(">h", error) + msg
-                + uvarint(len(auth_bytes) + 1) + auth_bytes + struct.pack(">q", 0)
-                + b"\x00")
+                + uvarint(len(auth_bytes) + 1) + auth_bytes
+                + struct.pack(">q", session_lifetime_ms) + b"\x00")
         return _frame(body)
     msg = struct.pack(">h", -1) if message is None else _str16(message)
     body = (struct.pack(">ih", corr, error) + msg + struct.pack(">i", len(auth_bytes))
             + auth_bytes)
     if version >= 1:
-        body += struct.pack(">q", 0)
+        body += struct.pack(">q", session_lifetime_ms)
     return _frame(body)
 
 
@@ -360,6 +360,10 @@ class SaslGate(LoopServer):
         self.accepted = 0
         self.pre_auth_requests: list[tuple[int, int]] = []
         self.errors: list[str] = []
+        # KIP-368: a lifetime granted at login (SaslAuthenticate v1+); the gate closes a
+        # connection when it ends. 0: sessions never end.
+        self.session_lifetime_ms = 0
+        self.expired_sessions = 0
         self._users = dict(users)
         self._secret = os.urandom(32)  # fake salts for unknown users
         self._creds: dict[tuple[str, str], _ScramCredential] = {}
@@ -515,7 +519,8 @@ class _Conn:
                 await self._send(authenticate_response(
                     corr, version, ERR_SASL_AUTHENTICATION_FAILED, FAILED_MESSAGE, b""))
                 return False
-            await self._send(authenticate_response(corr, version, 0, None, reply))
+            await self._send(authenticate_response(corr, version, 0, None, reply,
+                                                   self.gate.session_lifetime_ms))
             return True
         self.gate.refused_unauthenticated += 1
         self.gate._note(f"closed a connection that sent api key {api_key} before a login")
@@ -586,8 +591,12 @@ class _Conn:
         assert self.up_reader is not None and self.up_writer is not None
         pumps = [asyncio.ensure_future(self._pump(self.reader, self.up_writer)),
                  asyncio.ensure_future(self._pump(self.up_reader, self.writer))]
+        lifetime = self.gate.session_lifetime_ms / 1000 or None
         try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(pumps, timeout=lifetime,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # the session lifetime ran out: close, as Kafka does
+                self.gate.expired_sessions += 1
         finally:
             for p in pumps:
                 p.cancel()
