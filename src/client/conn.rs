@@ -299,26 +299,10 @@ impl BrokerConnection {
         version: i16,
         body: Vec<Bytes>,
     ) -> Result<PendingResponse<T>, ClientError> {
-        let mut header = RequestHeader::default();
-        header.request_api_key = api as i16;
-        header.request_api_version = version;
-        header.client_id = Some(self.client_id.clone());
-        let mut frame = BytesMut::with_capacity(64);
-        frame.put_i32(0);
-        header
-            .encode(&mut frame, api.request_header_version(version))
-            .map_err(|e| ClientError::Protocol {
-                cluster: self.peer.cluster,
-                broker: self.peer.broker.0,
-                message: format!("cannot encode {api:?} v{version} header: {e}"),
-            })?;
-        let total = frame.len() - 4 + body.iter().map(Bytes::len).sum::<usize>();
-        let len = i32::try_from(total).map_err(|_| ClientError::Protocol {
-            cluster: self.peer.cluster,
-            broker: self.peer.broker.0,
-            message: format!("{api:?} request too large"),
+        let tail_len = body.iter().map(Bytes::len).sum();
+        let frame = self.frame(api, version, tail_len, |_| {
+            Ok::<_, std::convert::Infallible>(())
         })?;
-        frame[..4].copy_from_slice(&len.to_be_bytes());
         self.enqueue(frame, body, api, version).await
     }
 
@@ -380,28 +364,36 @@ impl BrokerConnection {
         api: ApiKey,
         version: i16,
     ) -> Result<BytesMut, ClientError> {
+        self.frame(api, version, 0, |buf| req.encode(buf, version))
+    }
+
+    /// A request frame: size, header (correlation id 0, set by the writer), then what
+    /// `body` writes; the size also counts `tail_len` bytes sent after the frame.
+    fn frame<E: std::fmt::Display>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        tail_len: usize,
+        body: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<BytesMut, ClientError> {
         let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
+        header.request_api_key = api as i16;
         header.request_api_version = version;
-        header.correlation_id = 0;
         header.client_id = Some(self.client_id.clone());
         let mut buf = BytesMut::with_capacity(64);
         buf.put_i32(0);
-        let encoded = header
-            .encode(&mut buf, R::header_version(version))
-            .and_then(|_| req.encode(&mut buf, version));
-        if let Err(e) = encoded {
-            return Err(ClientError::Protocol {
-                cluster: self.peer.cluster,
-                broker: self.peer.broker.0,
-                message: format!("cannot encode {api:?} v{version}: {e}"),
-            });
-        }
-        let len = i32::try_from(buf.len() - 4).map_err(|_| ClientError::Protocol {
+        let protocol = |message: String| ClientError::Protocol {
             cluster: self.peer.cluster,
             broker: self.peer.broker.0,
-            message: format!("{api:?} request too large"),
-        })?;
+            message,
+        };
+        header
+            .encode(&mut buf, api.request_header_version(version))
+            .map_err(|e| e.to_string())
+            .and_then(|_| body(&mut buf).map_err(|e| e.to_string()))
+            .map_err(|e| protocol(format!("cannot encode {api:?} v{version}: {e}")))?;
+        let len = i32::try_from(buf.len() - 4 + tail_len)
+            .map_err(|_| protocol(format!("{api:?} request too large")))?;
         buf[..4].copy_from_slice(&len.to_be_bytes());
         Ok(buf)
     }
