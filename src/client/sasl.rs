@@ -248,44 +248,39 @@ pub(crate) async fn authenticate(
     }
     let version = conn.version_for::<SaslAuthenticateRequest>(0..=2)?;
     let (mut exchange, first) = Exchange::start(creds).map_err(fail)?;
-    let reply = authenticate_step(conn, version, first)
-        .await
-        .map_err(fail)?;
-    let lifetime = reply.1;
-    if let Exchange::Scram(scram) = &mut exchange {
-        let last = scram.client_final(&reply.0).map_err(fail)?;
-        let (server_final, lifetime) = authenticate_step(conn, version, last.into_bytes())
-            .await
-            .map_err(fail)?;
-        scram.verify_server_final(&server_final).map_err(fail)?;
-        return Ok(lifetime);
+    let (reply, lifetime) = authenticate_step(conn, creds, version, first).await?;
+    match &mut exchange {
+        Exchange::Plain => Ok(lifetime),
+        Exchange::Scram(scram) => {
+            let last = scram.client_final(&reply).map_err(fail)?;
+            let (server_final, lifetime) =
+                authenticate_step(conn, creds, version, last.into_bytes()).await?;
+            scram.verify_server_final(&server_final).map_err(fail)?;
+            Ok(lifetime)
+        }
     }
-    Ok(lifetime)
 }
 
-/// One SaslAuthenticate round trip: the server's bytes and session lifetime.
+/// One SaslAuthenticate round trip: the server's bytes and session lifetime. A lost
+/// connection stays a connection error; a Kafka error is a refused login.
 async fn authenticate_step(
     conn: &super::BrokerConnection,
+    creds: &SaslCredentials,
     version: i16,
     token: Vec<u8>,
-) -> Result<(Bytes, Option<Duration>), SaslError> {
+) -> Result<(Bytes, Option<Duration>), super::ClientError> {
     let mut req = SaslAuthenticateRequest::default();
     req.auth_bytes = Bytes::from(token);
-    let resp = conn
-        .call(&req, version)
-        .await
-        .map_err(|e| SaslError::Refused {
-            code: -1,
-            message: e.to_string(),
-        })?;
+    let resp = conn.call(&req, version).await?;
     if resp.error_code != 0 {
-        return Err(SaslError::Refused {
+        let refused = SaslError::Refused {
             code: resp.error_code,
             message: resp
                 .error_message
                 .map(|m| m.to_string())
                 .unwrap_or_default(),
-        });
+        };
+        return Err(conn.auth_error(creds.mechanism, refused.to_string()));
     }
     let lifetime = u64::try_from(resp.session_lifetime_ms)
         .ok()

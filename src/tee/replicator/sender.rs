@@ -182,18 +182,19 @@ type Replies = HashMap<(Arc<str>, i32), oneshot::Sender<UnitResult>>;
 /// the fields in small buffers and each batch's records section as the shared buffer
 /// it already is, so no record byte is copied. Topics keep the order of their first
 /// batch. Fails (handing the units back) only on a topic name too long for Kafka.
-#[allow(clippy::type_complexity)]
 fn encode_request(
     units: Vec<Unit>,
     version: i16,
     timeout: Duration,
-) -> Result<(Vec<Bytes>, Replies), (Vec<Unit>, String)> {
+) -> Result<(Vec<Bytes>, Replies), Unencodable> {
     if let Some(u) = units.iter().find(|u| u.topic.len() > i16::MAX as usize) {
         let e = format!("topic name of {} bytes is too long", u.topic.len());
         return Err((units, e));
     }
     let flexible = version >= 9;
-    let mut topics: Vec<(Arc<str>, Vec<(i32, PatchedBatch)>)> = Vec::new();
+    // (topic, [(partition, batch)]) in the order of each topic's first batch.
+    type ByTopic = Vec<(Arc<str>, Vec<(i32, PatchedBatch)>)>;
+    let mut topics: ByTopic = Vec::new();
     let mut index: HashMap<Arc<str>, usize> = HashMap::new();
     let mut replies = HashMap::with_capacity(units.len());
     let count = units.len();
@@ -251,6 +252,9 @@ fn encode_request(
     parts.push(buf.freeze());
     Ok((parts, replies))
 }
+
+/// The batches of a request that could not be encoded, and why.
+type Unencodable = (Vec<Unit>, String);
 
 /// Room per batch in the fields buffer: its 61-byte header and a few fields.
 const HEADER_SPACE: usize = crate::tee::batch::HEADER_LEN + 16;
