@@ -34,7 +34,7 @@ pub(super) const QUEUE: usize = 4096;
 pub(super) struct Unit {
     pub topic: Arc<str>,
     pub partition: i32,
-    pub records: PatchedBatch,
+    pub batch: PatchedBatch,
     pub reply: oneshot::Sender<UnitResult>,
 }
 
@@ -161,9 +161,9 @@ fn take_request(backlog: &mut VecDeque<Unit>) -> Vec<Unit> {
     let mut rest = VecDeque::with_capacity(backlog.len());
     while let Some(u) = backlog.pop_front() {
         let key = (u.topic.clone(), u.partition);
-        let fits = taken.is_empty() || bytes + u.records.len() <= MAX_REQUEST_BYTES;
+        let fits = taken.is_empty() || bytes + u.batch.len() <= MAX_REQUEST_BYTES;
         if !seen.contains(&key) && !blocked.contains(&key) && fits {
-            bytes += u.records.len();
+            bytes += u.batch.len();
             seen.insert(key);
             taken.push(u);
         } else {
@@ -203,7 +203,7 @@ fn encode_request(
             topics.push((u.topic.clone(), Vec::new()));
             topics.len() - 1
         });
-        topics[i].1.push((u.partition, u.records));
+        topics[i].1.push((u.partition, u.batch));
         replies.insert((u.topic, u.partition), u.reply);
     }
     let put_len = |buf: &mut BytesMut, n: usize| {
@@ -323,7 +323,7 @@ mod tests {
             Unit {
                 topic: Arc::from(topic),
                 partition,
-                records: PatchedBatch {
+                batch: PatchedBatch {
                     header: [7u8; crate::tee::batch::HEADER_LEN],
                     records: Bytes::from(vec![0u8; len - crate::tee::batch::HEADER_LEN]),
                 },
@@ -338,7 +338,7 @@ mod tests {
     fn next_request_lens(backlog: &mut VecDeque<Unit>) -> Vec<usize> {
         take_request(backlog)
             .iter()
-            .map(|u| u.records.len())
+            .map(|u| u.batch.len())
             .collect()
     }
 
@@ -397,7 +397,7 @@ mod tests {
                 Unit {
                     topic: Arc::from(t),
                     partition: p,
-                    records: PatchedBatch {
+                    batch: PatchedBatch {
                         header: [fill; crate::tee::batch::HEADER_LEN],
                         records: Bytes::from(vec![fill ^ 0xff; 100 + p as usize]),
                     },
@@ -414,7 +414,7 @@ mod tests {
                 for u in parts {
                     let mut p = PartitionProduceData::default();
                     p.index = u.partition;
-                    p.records = Some(u.records.to_bytes());
+                    p.records = Some(u.batch.to_bytes());
                     t.partition_data.push(p);
                 }
                 want.topic_data.push(t);

@@ -620,7 +620,7 @@ impl Worker {
         };
         let sender = self.sh.sender(leader);
         let s = &mut self.inflight[i];
-        let records = s
+        let batch = s
             .ready
             .batch
             .patch(ident.producer_id, ident.epoch, s.seq, true);
@@ -628,7 +628,7 @@ impl Worker {
         let unit = Unit {
             topic: self.dc2_topic.clone(),
             partition: self.tp.partition,
-            records,
+            batch,
             reply: tx,
         };
         let hard = self.sh.hard_stop.clone();
