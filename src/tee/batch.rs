@@ -375,20 +375,6 @@ impl PatchedBatch {
     }
 }
 
-/// Validates `records` as one batch and returns it patched, as one buffer
-/// (see [`RecordBatch::patch`]).
-pub fn patch(
-    records: &Bytes,
-    producer_id: i64,
-    epoch: i16,
-    base_sequence: i32,
-    clear_transactional: bool,
-) -> Result<Bytes, BatchError> {
-    Ok(RecordBatch::parse(records.clone())?
-        .patch(producer_id, epoch, base_sequence, clear_transactional)
-        .to_bytes())
-}
-
 /// Splits a buffer of consecutive batches (a Fetch response's `records`) into batches,
 /// sharing the buffer. A partial batch at the end, which brokers may return when a
 /// response hits its size limit, ends the iteration without an error; use
@@ -567,6 +553,19 @@ mod tests {
         Compression::Lz4,
         Compression::Zstd,
     ];
+
+    /// Parses `records` as one batch and returns it patched, as one buffer.
+    fn patch(
+        records: &Bytes,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+        clear_transactional: bool,
+    ) -> Result<Bytes, BatchError> {
+        Ok(RecordBatch::parse(records.clone())?
+            .patch(producer_id, epoch, base_sequence, clear_transactional)
+            .to_bytes())
+    }
 
     fn records(n: usize, transactional: bool) -> Vec<Record> {
         (0..n)
