@@ -147,6 +147,8 @@ def test_refused_login_keeps_data_until_credentials_are_fixed(dc1, sasl_broker, 
     assert "Authentication failed" in lines[0], lines[0]
     assert dc2.gate.failures and dc2.gate.failures[0][0] == TEE_USER
     assert dc2.gate.authenticated == []
+    assert teeutil.metric(px, "kafka_tee_upstream_connect_failures_total",
+                          'cluster="DC2",stage="login"') >= 1
     assert teeutil.metric(px, "kafka_tee_replicated_batches_total") == 0
     assert teeutil.metric(px, "kafka_tee_data_lost_records_total") == 0
 

@@ -135,6 +135,12 @@ pub const METRICS: &[MetricDef] = &[
         &[],
         "Client sessions that ended because no DC1 broker could be connected.",
     ),
+    def(
+        "kafka_tee_upstream_connect_failures_total",
+        Counter,
+        &["cluster", "stage"],
+        "kafka-tee's own connections (replicator, catch-up) that failed to open, by cluster (DC1, DC2) and stage: connect (TCP or TLS) or login (SASL refused).",
+    ),
     // Capture (src/tee/capture.rs): what DC1 acknowledged, for replicated topics.
     def(
         "kafka_tee_produce_acked_batches_total",
@@ -527,7 +533,10 @@ mod tests {
             }
             for l in m.labels {
                 assert!(
-                    ["api", "topic", "code", "reason", "version"].contains(l),
+                    [
+                        "api", "topic", "code", "reason", "version", "cluster", "stage"
+                    ]
+                    .contains(l),
                     "{}: label {l} is not in the low-cardinality set",
                     m.name
                 );

@@ -656,7 +656,21 @@ impl Client {
         {
             return Ok(c.clone());
         }
-        let conn = BrokerConnection::open(&self.inner.cfg, BrokerId(broker), &addr).await?;
+        let conn = BrokerConnection::open(&self.inner.cfg, BrokerId(broker), &addr)
+            .await
+            .inspect_err(|e| {
+                let stage = if matches!(e, ClientError::Auth { .. }) {
+                    "login"
+                } else {
+                    "connect"
+                };
+                metrics::counter!(
+                    "kafka_tee_upstream_connect_failures_total",
+                    "cluster" => self.inner.cfg.cluster.to_string(),
+                    "stage" => stage
+                )
+                .increment(1);
+            })?;
         write(&self.inner.conns).insert(broker, conn.clone());
         Ok(conn)
     }
