@@ -699,6 +699,19 @@ def encode_request(api_key: int, api_version: int, correlation_id: int, body: by
     return struct.pack(">i", len(payload)) + payload
 
 
+def uvarint(n: int) -> bytes:
+    """Kafka's unsigned varint (compact lengths, tagged-field counts)."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
 def api_versions_v0(correlation_id: int) -> bytes:
     return encode_request(18, 0, correlation_id)
 

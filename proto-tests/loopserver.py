@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 HOST = "127.0.0.1"
 
@@ -49,6 +50,14 @@ class LoopServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._thread = None
+
+    def serve_until_interrupted(self) -> None:
+        """Blocks until Ctrl-C (SIGINT), then stops (for the command-line entry points)."""
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            self.stop()
 
     def _call(self, fn, timeout: float = 10.0) -> bool:
         """Runs `fn` on the loop; whether it finished within `timeout`."""

@@ -12,7 +12,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from harness import HOST, encode_request, recv_frame
+from harness import HOST, encode_request, recv_frame, uvarint
 
 FETCH = 1
 BATCH_HEADER = 61
@@ -199,16 +199,8 @@ def crc32c(data: bytes) -> int:
 
 
 def _varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)  # zigzag
-    out = bytearray()
-    while True:
-        b = z & 0x7F
-        z >>= 7
-        if z:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    """Kafka's signed (zigzag) varint."""
+    return uvarint((n << 1) ^ (n >> 63))
 
 
 def encode_batch(records: list[tuple[bytes | None, bytes | None]], timestamp: int) -> bytes:

@@ -175,11 +175,7 @@ def main(argv: list[str]) -> int:
     host, port = argv[2].rsplit(":", 1)
     r = Relay((host, int(port)), int(argv[1])).start()
     print(f"relay 127.0.0.1:{r.port} -> {host}:{port}; Ctrl-C stops it")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        r.stop()
+    r.serve_until_interrupted()
     return 0
 
 

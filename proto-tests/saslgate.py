@@ -34,10 +34,10 @@ import re
 import secrets
 import struct
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+from harness import uvarint
 from loopserver import HOST, LoopServer
 CHUNK = 64 * 1024
 # Kafka's sasl.server.max.receive.size: the largest frame accepted before a login.
@@ -134,18 +134,6 @@ class KafkaReader:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise _Malformed("string is not UTF-8") from e
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _frame(body: bytes) -> bytes:
@@ -668,11 +656,7 @@ def main(argv: list[str]) -> int:
     g = SaslGate((host, int(port)), users, listen_port=int(argv[1]), verbose=True).start()
     print(f"SASL gate {g.bootstrap} -> {host}:{port}; users {sorted(users)}; "
           f"mechanisms {', '.join(g.mechanisms)}; Ctrl-C stops it")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        g.stop()
+    g.serve_until_interrupted()
     return 0
 
 

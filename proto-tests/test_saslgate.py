@@ -21,7 +21,8 @@ import pytest
 import harness
 import teeutil
 from harness import HOST
-from saslgate import MECHANISMS, KafkaReader, SaslBroker, start_sasl_broker, uvarint
+from harness import uvarint
+from saslgate import MECHANISMS, KafkaReader, SaslBroker, start_sasl_broker
 
 USER, PASSWORD = "alice", "alice-secret"
 USERS = {USER: PASSWORD, "bob": "bob-secret"}
