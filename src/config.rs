@@ -55,6 +55,10 @@ pub struct ProxyConfig {
     pub shutdown_grace_ms: u64,
     /// Threads that run connections (0: one per CPU core).
     pub worker_threads: usize,
+    /// Frames of at least this many bytes that the proxy does not need to read (large
+    /// Produce requests with the tee off, Fetch responses) are moved between plaintext
+    /// sockets with splice(2), without copying their bytes through the proxy. 0: off.
+    pub splice_min_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +76,7 @@ impl Default for ProxyConfig {
             frame_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             worker_threads: 0,
+            splice_min_bytes: 64 * 1024,
         }
     }
 }
@@ -338,6 +343,13 @@ impl Config {
             problems.push(format!(
                 "proxy.max_frame_bytes: {} is too small (at least 1024)",
                 p.max_frame_bytes
+            ));
+        }
+        let min_splice = 4 * crate::protocol::HEAD_BYTES;
+        if p.splice_min_bytes != 0 && p.splice_min_bytes < min_splice {
+            problems.push(format!(
+                "proxy.splice_min_bytes: {} is too small (0 for off, or at least {min_splice})",
+                p.splice_min_bytes
             ));
         }
         for (field, v) in [

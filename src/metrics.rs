@@ -130,6 +130,12 @@ pub const METRICS: &[MetricDef] = &[
         "Bytes of response frames written to clients, length prefix included.",
     ),
     def(
+        "kafka_tee_spliced_bytes_total",
+        Counter,
+        &["direction"],
+        "Bytes of large frames moved between plaintext sockets with splice(2) instead of being read by the proxy (proxy.splice_min_bytes), by direction: request (to DC1) or response (to the client).",
+    ),
+    def(
         "kafka_tee_dc1_connect_failures_total",
         Counter,
         &[],
@@ -534,7 +540,14 @@ mod tests {
             for l in m.labels {
                 assert!(
                     [
-                        "api", "topic", "code", "reason", "version", "cluster", "stage"
+                        "api",
+                        "topic",
+                        "code",
+                        "reason",
+                        "version",
+                        "cluster",
+                        "stage",
+                        "direction"
                     ]
                     .contains(l),
                     "{}: label {l} is not in the low-cardinality set",

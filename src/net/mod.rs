@@ -1,6 +1,7 @@
 //! Listeners: the accept loop shared by the bootstrap port and the per-broker ports,
 //! with optional TLS termination.
 
+pub mod splice;
 pub mod tls;
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::proxy::Upstream;
-use crate::proxy::session::{self, SessionContext};
+use crate::proxy::session::{self, Conn, SessionContext};
 use tls::ServerTls;
 
 /// What every listener shares.
@@ -79,7 +80,7 @@ impl Acceptor {
     async fn serve(&self, stream: TcpStream, peer: std::net::SocketAddr, upstream: Upstream) {
         let ctx = self.session.clone();
         let Some(tls) = &self.tls else {
-            return session::run(stream, peer, upstream, ctx).await;
+            return session::run(Conn::Plain(stream), peer, upstream, ctx).await;
         };
         match tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream)).await {
             Ok(Ok(stream)) => {
@@ -89,7 +90,7 @@ impl Acceptor {
                 } else {
                     upstream
                 };
-                session::run(stream, peer, upstream, ctx).await
+                session::run(Conn::Other(Box::new(stream)), peer, upstream, ctx).await
             }
             Ok(Err(e)) => {
                 metrics::counter!("kafka_tee_tls_handshake_failures_total").increment(1);

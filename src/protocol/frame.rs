@@ -22,6 +22,8 @@ pub enum FrameError {
         max: usize,
         hint: &'static str,
     },
+    #[error("bytes stopped arriving mid-frame for {0:?}")]
+    Stalled(std::time::Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -65,6 +67,53 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<B
     Ok(buf.freeze())
 }
 
+/// Reads the rest of a frame whose head the codec handed out (`size - head.len()`
+/// more bytes) and returns the whole body. Each wait for bytes is bounded by `stall`.
+pub async fn read_rest<R: AsyncRead + Unpin>(
+    r: &mut R,
+    size: usize,
+    head: Bytes,
+    stall: std::time::Duration,
+) -> Result<Bytes, FrameError> {
+    let mut buf = BytesMut::with_capacity(size);
+    buf.extend_from_slice(&head);
+    while buf.len() < size {
+        let want = size - buf.len();
+        let mut limited = (&mut *r).take(want as u64);
+        read_some(&mut limited, &mut buf, stall).await?;
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and drops the next `n` bytes of a frame nobody will receive.
+pub async fn skip_rest<R: AsyncRead + Unpin>(
+    r: &mut R,
+    mut n: usize,
+    stall: std::time::Duration,
+) -> Result<(), FrameError> {
+    let mut buf = BytesMut::with_capacity(n.min(64 * 1024));
+    while n > 0 {
+        buf.clear();
+        let cap = buf.capacity().min(n) as u64;
+        let mut limited = (&mut *r).take(cap);
+        n -= read_some(&mut limited, &mut buf, stall).await?;
+    }
+    Ok(())
+}
+
+async fn read_some<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    stall: std::time::Duration,
+) -> Result<usize, FrameError> {
+    match tokio::time::timeout(stall, r.read_buf(buf)).await {
+        Err(_) => Err(FrameError::Stalled(stall)),
+        Ok(Ok(0)) => Err(FrameError::Truncated),
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(FrameError::Io(e)),
+    }
+}
+
 /// A TLS record header (content type 0x14-0x17, version 3.x) read as a length.
 fn tls_hint(prefix: &[u8; 4]) -> &'static str {
     if (0x14..=0x17).contains(&prefix[0]) && prefix[1] == 3 {
@@ -80,13 +129,31 @@ fn tls_hint(prefix: &[u8; 4]) -> &'static str {
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     pub max: usize,
+    /// Frames of at least this many bytes that have not fully arrived are handed out
+    /// as a [`Frame::Head`] (so their body can be spliced between sockets); `None`
+    /// always waits for whole frames.
+    pub head_min: Option<usize>,
+}
+
+/// How many bytes of a large frame must have arrived before its head is handed out:
+/// enough for any request header plus a Produce request's fields up to acks.
+pub const HEAD_BYTES: usize = 512;
+
+/// A frame from [`FrameCodec`].
+#[derive(Debug)]
+pub enum Frame {
+    /// The whole body (length prefix removed).
+    Whole(Bytes),
+    /// The start of a large frame whose remaining `size - head.len()` bytes are still
+    /// in the socket: the caller reads or splices them before the next frame.
+    Head { size: usize, head: Bytes },
 }
 
 impl tokio_util::codec::Decoder for FrameCodec {
-    type Item = Bytes;
+    type Item = Frame;
     type Error = FrameError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         let Some(prefix) = src.get(..4) else {
             return Ok(None);
         };
@@ -104,14 +171,24 @@ impl tokio_util::codec::Decoder for FrameCodec {
             });
         }
         if src.len() < 4 + size {
+            if self.head_min.is_some_and(|min| size >= min) {
+                if src.len() >= 4 + HEAD_BYTES {
+                    bytes::Buf::advance(src, 4);
+                    let head = src.split().freeze();
+                    return Ok(Some(Frame::Head { size, head }));
+                }
+                // Room for the head only: the body may never pass through this buffer.
+                src.reserve(4 + HEAD_BYTES - src.len());
+                return Ok(None);
+            }
             src.reserve(4 + size - src.len());
             return Ok(None);
         }
         bytes::Buf::advance(src, 4);
-        Ok(Some(src.split_to(size).freeze()))
+        Ok(Some(Frame::Whole(src.split_to(size).freeze())))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
@@ -124,10 +201,20 @@ impl tokio_util::codec::Decoder for FrameCodec {
 /// one vectored write, so a frame larger than the writer's buffer costs one `writev`
 /// instead of a 4-byte write plus the body.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
-    let len = i32::try_from(body.len())
+    write_frame_head(w, body.len(), body).await
+}
+
+/// Writes the length prefix of a `size`-byte frame and its first bytes, `head`; the
+/// caller sends the rest.
+pub async fn write_frame_head<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    size: usize,
+    head: &[u8],
+) -> std::io::Result<()> {
+    let len = i32::try_from(size)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
     let prefix = len.to_be_bytes();
-    let mut frame = bytes::Buf::chain(&prefix[..], body);
+    let mut frame = bytes::Buf::chain(&prefix[..], head);
     w.write_all_buf(&mut frame).await
 }
 
@@ -138,6 +225,7 @@ mod tests {
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime")
             .block_on(f)
@@ -186,18 +274,15 @@ mod tests {
     #[test]
     fn codec_splits_pipelined_frames_and_waits_for_partial_ones() {
         use tokio_util::codec::Decoder;
-        let mut codec = FrameCodec { max: 100 };
+        let mut codec = FrameCodec {
+            max: 100,
+            head_min: None,
+        };
         let mut buf = BytesMut::from(&b"\0\0\0\x02ab\0\0\0\x03cd"[..]);
-        assert_eq!(
-            &codec.decode(&mut buf).expect("ok").expect("frame")[..],
-            b"ab"
-        );
+        assert_eq!(whole(codec.decode(&mut buf)), b"ab");
         assert!(codec.decode(&mut buf).expect("ok").is_none());
         buf.extend_from_slice(b"e");
-        assert_eq!(
-            &codec.decode(&mut buf).expect("ok").expect("frame")[..],
-            b"cde"
-        );
+        assert_eq!(whole(codec.decode(&mut buf)), b"cde");
         let mut partial = BytesMut::from(&b"\0\0\0\x09abc"[..]);
         assert!(matches!(
             codec.decode_eof(&mut partial),
@@ -208,11 +293,63 @@ mod tests {
         assert!(err.to_string().contains("TLS/plaintext mismatch"), "{err}");
     }
 
+    fn whole(r: Result<Option<Frame>, FrameError>) -> Vec<u8> {
+        match r.expect("ok").expect("frame") {
+            Frame::Whole(b) => b.to_vec(),
+            Frame::Head { .. } => panic!("expected a whole frame"),
+        }
+    }
+
+    #[test]
+    fn codec_hands_out_the_head_of_a_large_frame() {
+        use tokio_util::codec::Decoder;
+        let mut codec = FrameCodec {
+            max: 1 << 20,
+            head_min: Some(4096),
+        };
+        let size = 10_000usize;
+        let mut buf = BytesMut::from(&(size as i32).to_be_bytes()[..]);
+        buf.extend_from_slice(&[7u8; 100]);
+        // Not yet enough for a head: wait, reserving room for the head only.
+        assert!(codec.decode(&mut buf).expect("ok").is_none());
+        assert!(buf.capacity() < size);
+        buf.extend_from_slice(&[7u8; HEAD_BYTES]);
+        match codec.decode(&mut buf).expect("ok").expect("head") {
+            Frame::Head { size: s, head } => {
+                assert_eq!(s, size);
+                assert_eq!(head.len(), 100 + HEAD_BYTES);
+            }
+            Frame::Whole(_) => panic!("expected a head"),
+        }
+        assert!(buf.is_empty());
+        // A small frame, and a large one that arrived whole, are whole frames.
+        let mut small = BytesMut::from(&b"\0\0\0\x02ab"[..]);
+        assert_eq!(whole(codec.decode(&mut small)), b"ab");
+        let mut big = BytesMut::from(&(5000i32).to_be_bytes()[..]);
+        big.extend_from_slice(&[1u8; 5000]);
+        assert_eq!(whole(codec.decode(&mut big)).len(), 5000);
+    }
+
+    #[test]
+    fn rest_of_a_frame_is_read_or_skipped() {
+        let stall = std::time::Duration::from_secs(5);
+        let mut r = &b"cdefgh-next"[..];
+        let body = block_on(read_rest(&mut r, 8, Bytes::from_static(b"ab"), stall));
+        assert_eq!(&body.expect("rest")[..], b"abcdefgh");
+        block_on(skip_rest(&mut r, 1, stall)).expect("skip");
+        assert_eq!(r, b"next");
+        let mut short = &b"cd"[..];
+        assert!(matches!(
+            block_on(read_rest(&mut short, 8, Bytes::from_static(b"ab"), stall)),
+            Err(FrameError::Truncated)
+        ));
+    }
+
     proptest! {
         #[test]
         fn codec_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             use tokio_util::codec::Decoder;
-            let mut codec = FrameCodec { max: 256 };
+            let mut codec = FrameCodec { max: 256, head_min: Some(HEAD_BYTES) };
             let mut buf = BytesMut::from(&data[..]);
             for _ in 0..64 {
                 match codec.decode(&mut buf) { Ok(Some(_)) => {}, _ => break }

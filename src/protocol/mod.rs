@@ -5,5 +5,8 @@ pub mod header;
 pub mod produce;
 pub mod versions;
 
-pub use frame::{FrameCodec, FrameError, read_frame, write_frame};
+pub use frame::{
+    Frame, FrameCodec, FrameError, HEAD_BYTES, read_frame, read_rest, skip_rest, write_frame,
+    write_frame_head,
+};
 pub use header::{RequestHeaderPeek, peek_request_header, peek_response_correlation_id};

@@ -135,13 +135,15 @@ impl Reader {
     }
 }
 
-/// Reads a whole Produce request frame (header included).
-pub fn parse_produce_request(frame: &Bytes) -> R<ProduceRequestView> {
-    let mut r = Reader {
-        buf: frame.clone(),
-        start_len: frame.len(),
-        flexible: false,
-    };
+/// The fields of a Produce request before its topics.
+struct ProduceStart {
+    transactional_id: Option<String>,
+    acks: i16,
+    acks_offset: usize,
+}
+
+/// Reads a Produce request up to and including its acks field.
+fn read_start(r: &mut Reader) -> R<ProduceStart> {
     let key = r.i16("api key")?;
     if key != 0 {
         return Err(ProduceParseError::Malformed("not a Produce request"));
@@ -160,6 +162,36 @@ pub fn parse_produce_request(frame: &Bytes) -> R<ProduceRequestView> {
     let transactional_id = r.string("transactional id")?;
     let acks_offset = r.pos();
     let acks = r.i16("acks")?;
+    Ok(ProduceStart {
+        transactional_id,
+        acks,
+        acks_offset,
+    })
+}
+
+/// The acks of a Produce request from the first bytes of its frame; `None` when they
+/// do not reach that far or are not a Produce request the proxy reads.
+pub fn produce_acks(head: &Bytes) -> Option<i16> {
+    let mut r = Reader {
+        buf: head.clone(),
+        start_len: head.len(),
+        flexible: false,
+    };
+    read_start(&mut r).ok().map(|s| s.acks)
+}
+
+/// Reads a whole Produce request frame (header included).
+pub fn parse_produce_request(frame: &Bytes) -> R<ProduceRequestView> {
+    let mut r = Reader {
+        buf: frame.clone(),
+        start_len: frame.len(),
+        flexible: false,
+    };
+    let ProduceStart {
+        transactional_id,
+        acks,
+        acks_offset,
+    } = read_start(&mut r)?;
     r.i32("timeout")?;
     let topic_count = r.array(if r.flexible { 3 } else { 6 }, "topics")?;
     let mut topics = Vec::with_capacity(topic_count);
@@ -260,6 +292,20 @@ mod tests {
             assert_eq!(q.acks, 1);
             assert_eq!(f.len(), g.len());
         }
+    }
+
+    #[test]
+    fn acks_from_the_head_of_a_frame() {
+        for v in 3..=12 {
+            for acks in [-1i16, 0, 1] {
+                let f = encode(v, acks, Some("tx"));
+                let p = parse_produce_request(&f).expect("parse");
+                let head = f.slice(..p.acks_offset + 2);
+                assert_eq!(produce_acks(&head), Some(acks), "v{v}");
+                assert_eq!(produce_acks(&f.slice(..p.acks_offset + 1)), None, "v{v}");
+            }
+        }
+        assert_eq!(produce_acks(&Bytes::from_static(&[0, 1, 0, 3])), None);
     }
 
     #[test]

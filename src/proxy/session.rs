@@ -24,10 +24,12 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::net::splice::{Moved, Pipe, TcpHalf, both_tcp, forward_body};
 use crate::protocol::header::{DecodeError, guarded_decode, split_request, split_response};
-use crate::protocol::produce::{parse_produce_request, with_acks};
+use crate::protocol::produce::{parse_produce_request, produce_acks, with_acks};
 use crate::protocol::{
-    FrameCodec, FrameError, peek_request_header, peek_response_correlation_id, write_frame,
+    Frame, FrameCodec, FrameError, peek_request_header, peek_response_correlation_id, read_rest,
+    skip_rest, write_frame, write_frame_head,
 };
 use crate::proxy::rewrite::{self, AddressMap};
 use crate::proxy::{Router, Upstream};
@@ -46,9 +48,25 @@ pub struct SessionContext {
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
 }
 
-/// A connection to a DC1 broker, plain or TLS.
-pub trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpstreamIo for T {}
+/// A byte stream of a connection, as trait object.
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
+
+/// One side of a session: plain TCP (whose large frames can be spliced to a plain
+/// TCP peer) or anything else, such as TLS.
+pub enum Conn {
+    Plain(TcpStream),
+    Other(Box<dyn Io>),
+}
+
+impl Conn {
+    fn into_io(self) -> Box<dyn Io> {
+        match self {
+            Conn::Plain(s) => Box::new(s),
+            Conn::Other(s) => s,
+        }
+    }
+}
 
 /// Why a session ended early, and which side was at fault.
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +120,7 @@ struct InFlight {
 }
 
 /// Serves one client connection until either side closes or shutdown.
-pub async fn run<S>(client: S, peer: SocketAddr, upstream: Upstream, ctx: Arc<SessionContext>)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+pub async fn run(client: Conn, peer: SocketAddr, upstream: Upstream, ctx: Arc<SessionContext>) {
     let result = serve(client, &upstream, &ctx).await;
     if let Err(SessionError::Connect(_)) = &result {
         metrics::counter!("kafka_tee_dc1_connect_failures_total").increment(1);
@@ -117,20 +132,46 @@ where
     }
 }
 
-async fn serve<S>(
-    client: S,
+async fn serve(
+    client: Conn,
     upstream: &Upstream,
     ctx: &Arc<SessionContext>,
+) -> Result<(), SessionError> {
+    let (up, addr) = connect(upstream, ctx).await?;
+    match (client, up) {
+        (Conn::Plain(c), Conn::Plain(u)) => {
+            let (cr, cw) = c.into_split();
+            let (ur, uw) = u.into_split();
+            let min = ctx.config.proxy.splice_min_bytes;
+            pump((cr, cw), (ur, uw), (min > 0).then_some(min), ctx, &addr).await
+        }
+        (c, u) => {
+            let client = tokio::io::split(c.into_io());
+            let upstream = tokio::io::split(u.into_io());
+            pump(client, upstream, None, ctx, &addr).await
+        }
+    }
+}
+
+/// Runs both directions of a session. With `splice_min`, frames of that size the proxy
+/// need not read move between the sockets with splice(2).
+async fn pump<CR, CW, UR, UW>(
+    (cr, cw): (CR, CW),
+    (ur, uw): (UR, UW),
+    splice_min: Option<usize>,
+    ctx: &Arc<SessionContext>,
+    addr: &str,
 ) -> Result<(), SessionError>
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    CR: AsyncRead + TcpHalf + Unpin,
+    CW: AsyncWrite + TcpHalf + Unpin,
+    UR: AsyncRead + TcpHalf + Unpin,
+    UW: AsyncWrite + TcpHalf + Unpin,
 {
-    let (up, addr) = connect(upstream, ctx).await?;
-    let (ur, uw) = tokio::io::split(up);
-    let (cr, cw) = tokio::io::split(client);
     let (tx, rx) = mpsc::channel(ctx.config.proxy.max_in_flight);
     let codec = FrameCodec {
         max: ctx.config.proxy.max_frame_bytes,
+        head_min: splice_min,
     };
     let (cr, ur) = (
         FramedRead::with_capacity(cr, codec, READ_BUFFER),
@@ -140,8 +181,8 @@ where
         BufWriter::with_capacity(WRITE_BUFFER, cw),
         BufWriter::with_capacity(WRITE_BUFFER, uw),
     );
-    let requests = forward_requests(cr, uw, tx, ctx, &addr);
-    let responses = forward_responses(ur, cw, rx, ctx, &addr);
+    let requests = forward_requests(cr, uw, tx, ctx, addr);
+    let responses = forward_responses(ur, cw, rx, ctx, addr);
     tokio::pin!(requests, responses);
     tokio::select! {
         // DC1's side failed: nothing more can be answered.
@@ -154,7 +195,7 @@ where
             let drained = match tokio::time::timeout(drain, &mut responses).await {
                 Ok(d) => d,
                 Err(_) => Err(SessionError::Upstream {
-                    addr: addr.clone(),
+                    addr: addr.to_owned(),
                     message: format!("in-flight responses not received within {drain:?}"),
                 }),
             };
@@ -166,7 +207,7 @@ where
 async fn connect(
     upstream: &Upstream,
     ctx: &SessionContext,
-) -> Result<(Box<dyn UpstreamIo>, String), SessionError> {
+) -> Result<(Conn, String), SessionError> {
     let candidates = match upstream {
         Upstream::Bootstrap => ctx.config.source.bootstrap.clone(),
         Upstream::Broker(id) => match ctx.router.upstream_of(*id) {
@@ -186,7 +227,7 @@ async fn connect(
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 let Some(tls) = &ctx.upstream_tls else {
-                    return Ok((Box::new(s), addr));
+                    return Ok((Conn::Plain(s), addr));
                 };
                 let name = ctx
                     .config
@@ -195,7 +236,7 @@ async fn connect(
                     .server_name(&addr)
                     .map_err(|e| SessionError::Connect(e.to_string()))?;
                 match tokio::time::timeout(timeout, tls.connect(name, s)).await {
-                    Ok(Ok(s)) => return Ok((Box::new(s), addr)),
+                    Ok(Ok(s)) => return Ok((Conn::Other(Box::new(s)), addr)),
                     Ok(Err(e)) => last = format!("{addr}: TLS handshake failed: {e}"),
                     Err(_) => last = format!("{addr}: TLS handshake timed out after {timeout:?}"),
                 }
@@ -209,14 +250,14 @@ async fn connect(
 
 async fn forward_requests<R, W>(
     mut frames: FramedRead<R, FrameCodec>,
-    mut upstream: W,
+    mut upstream: BufWriter<W>,
     fifo: mpsc::Sender<InFlight>,
     ctx: &SessionContext,
     addr: &str,
 ) -> Result<(), SessionError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + TcpHalf + Unpin,
+    W: AsyncWrite + TcpHalf + Unpin,
 {
     let idle = Duration::from_millis(ctx.config.proxy.idle_timeout_ms);
     let stalled = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
@@ -230,8 +271,9 @@ where
     let tick = stalled.min(idle);
     let mut last_frame = Instant::now();
     let mut partial_len: Option<usize> = None;
+    let mut pipe: Option<Pipe> = None;
     loop {
-        let frame = tokio::select! {
+        let item = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Ok(()),
             r = tokio::time::timeout(tick, frames.next()) => match r {
@@ -256,6 +298,27 @@ where
         };
         last_frame = Instant::now();
         partial_len = None;
+        let frame = match item {
+            Frame::Whole(frame) => frame,
+            Frame::Head { size, head } => {
+                let head = LargeRequest { size, head };
+                match forward_head(
+                    &mut frames,
+                    &mut upstream,
+                    &mut pipe,
+                    &fifo,
+                    head,
+                    ctx,
+                    addr,
+                )
+                .await?
+                {
+                    Forwarded::Spliced => continue,
+                    Forwarded::Closing => return Ok(()),
+                    Forwarded::Read(frame) => frame,
+                }
+            }
+        };
         let Some(peek) = peek_request_header(&frame) else {
             return Err(SessionError::Client(format!(
                 "request of {} bytes is shorter than a header",
@@ -291,6 +354,93 @@ fn has_complete_frame(buf: &[u8]) -> bool {
             size >= 0 && buf.len() >= 4 + size as usize
         }
         None => false,
+    }
+}
+
+/// The first bytes of a large request, the rest still in the socket.
+struct LargeRequest {
+    size: usize,
+    head: Bytes,
+}
+
+/// What became of a large request.
+enum Forwarded {
+    /// Sent to DC1 without being read.
+    Spliced,
+    /// The response half is gone; the session is ending.
+    Closing,
+    /// Read whole, to be forwarded like any other request.
+    Read(Bytes),
+}
+
+/// Forwards a large request whose body the proxy need not read by splicing it to DC1;
+/// otherwise reads the rest of it.
+async fn forward_head<R, W>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    upstream: &mut BufWriter<W>,
+    pipe: &mut Option<Pipe>,
+    fifo: &mpsc::Sender<InFlight>,
+    LargeRequest { size, head }: LargeRequest,
+    ctx: &SessionContext,
+    addr: &str,
+) -> Result<Forwarded, SessionError>
+where
+    R: AsyncRead + TcpHalf + Unpin,
+    W: AsyncWrite + TcpHalf + Unpin,
+{
+    let stall = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
+    let action =
+        splice_action(&head, ctx).filter(|_| both_tcp(frames.get_ref(), upstream.get_ref()));
+    let (Some(action), Some(peek)) = (action, peek_request_header(&head)) else {
+        let frame = read_rest(frames.get_mut(), size, head, stall).await;
+        return frame
+            .map(Forwarded::Read)
+            .map_err(SessionError::ClientFrame);
+    };
+    let up_err = |e: std::io::Error| SessionError::Upstream {
+        addr: addr.to_owned(),
+        message: format!("write failed: {e}"),
+    };
+    let key = peek.key();
+    metrics::counter!("kafka_tee_requests_total", "api" => api_name(key)).increment(1);
+    metrics::counter!("kafka_tee_client_bytes_in_total").increment(size as u64 + 4);
+    let entry = InFlight {
+        correlation_id: peek.correlation_id,
+        key,
+        version: peek.api_version,
+        swallow: false,
+        action,
+        started: Instant::now(),
+    };
+    if fifo.send(entry).await.is_err() {
+        return Ok(Forwarded::Closing);
+    }
+    write_frame_head(upstream, size, &head)
+        .await
+        .map_err(up_err)?;
+    upstream.flush().await.map_err(up_err)?;
+    let rest = size - head.len();
+    let moved = forward_body(frames.get_mut(), upstream.get_mut(), pipe, rest, stall)
+        .await
+        .map_err(|e| match e.sink_failure() {
+            Ok((error, _)) => up_err(error),
+            Err(frame_error) => SessionError::ClientFrame(frame_error),
+        })?;
+    count_spliced(moved, "request");
+    Ok(Forwarded::Spliced)
+}
+
+/// What the response to a large request will need when the proxy can forward the
+/// request's body without reading it (see `classify`); `None` when it must read it.
+fn splice_action(head: &Bytes, ctx: &SessionContext) -> Option<Action> {
+    match peek_request_header(head)?.key() {
+        // acks=0 must be rewritten, and the tee reads the batches.
+        Some(ApiKey::Produce) if ctx.capture.is_none() => match produce_acks(head)? {
+            0 => None,
+            _ => Some(Action::Produce(None)),
+        },
+        Some(ApiKey::Produce | ApiKey::EndTxn) => None,
+        _ => Some(Action::Forward),
     }
 }
 
@@ -357,14 +507,14 @@ fn client_decode(e: DecodeError) -> SessionError {
 
 async fn forward_responses<R, W>(
     mut frames: FramedRead<R, FrameCodec>,
-    mut client: W,
+    mut client: BufWriter<W>,
     mut fifo: mpsc::Receiver<InFlight>,
     ctx: &SessionContext,
     addr: &str,
 ) -> Result<(), SessionError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + TcpHalf + Unpin,
+    W: AsyncWrite + TcpHalf + Unpin,
 {
     let dc1 = |message: String| SessionError::Upstream {
         addr: addr.to_owned(),
@@ -374,13 +524,19 @@ where
         addr: addr.to_owned(),
         source,
     };
+    let stall = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
     let mut client_gone: Option<SessionError> = None;
+    let mut pipe: Option<Pipe> = None;
     while let Some(entry) = fifo.recv().await {
-        let frame = match frames.next().await {
+        let item = match frames.next().await {
             Some(r) => r.map_err(frame_err)?,
             None => return Err(frame_err(FrameError::Closed)),
         };
-        match peek_response_correlation_id(&frame) {
+        let start = match &item {
+            Frame::Whole(frame) => frame,
+            Frame::Head { head, .. } => head,
+        };
+        match peek_response_correlation_id(start) {
             Some(id) if id == entry.correlation_id => {}
             other => {
                 return Err(dc1(format!(
@@ -390,6 +546,30 @@ where
             }
         }
         let (key, swallow, started) = (entry.key, entry.swallow, entry.started);
+        let frame = match item {
+            Frame::Whole(frame) => frame,
+            // A large response nobody rewrites (a Fetch, typically) is spliced to the
+            // client; it never waits for later responses, so it is written at once.
+            Frame::Head { size, head }
+                if client_gone.is_none()
+                    && passes_untouched(&entry)
+                    && both_tcp(frames.get_ref(), client.get_ref()) =>
+            {
+                metrics::histogram!("kafka_tee_request_duration_seconds", "api" => api_name(key))
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("kafka_tee_client_bytes_out_total").increment(size as u64 + 4);
+                let gone = splice_response(&mut frames, &mut client, &mut pipe, size, head, stall)
+                    .await
+                    .map_err(frame_err)?;
+                if let Some(e) = gone {
+                    client_gone = Some(SessionError::Client(e.to_string()));
+                }
+                continue;
+            }
+            Frame::Head { size, head } => read_rest(frames.get_mut(), size, head, stall)
+                .await
+                .map_err(frame_err)?,
+        };
         let frame = process_response(frame, entry, ctx)
             .await
             .map_err(|e| dc1(e.to_string()))?;
@@ -421,6 +601,58 @@ where
         .flush()
         .await
         .map_err(|e| SessionError::Client(e.to_string()))
+}
+
+/// Writes a large response that passes untouched, its body spliced from DC1 to the
+/// client. A client that went away is returned as its error; the rest of the response
+/// is then read and dropped, so the answers after it are read in step.
+async fn splice_response<R, W>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    client: &mut BufWriter<W>,
+    pipe: &mut Option<Pipe>,
+    size: usize,
+    head: Bytes,
+    stall: Duration,
+) -> Result<Option<std::io::Error>, FrameError>
+where
+    R: AsyncRead + TcpHalf + Unpin,
+    W: AsyncWrite + TcpHalf + Unpin,
+{
+    let rest = size - head.len();
+    let sent = match write_frame_head(client, size, &head).await {
+        Ok(()) => client.flush().await,
+        Err(e) => Err(e),
+    };
+    let (error, unread) = match sent {
+        Err(e) => (e, rest),
+        Ok(()) => match forward_body(frames.get_mut(), client.get_mut(), pipe, rest, stall).await {
+            Ok(moved) => {
+                count_spliced(moved, "response");
+                return Ok(None);
+            }
+            Err(e) => e.sink_failure()?,
+        },
+    };
+    skip_rest(frames.get_mut(), unread, stall).await?;
+    Ok(Some(error))
+}
+
+/// Counts bytes that [`forward_body`] spliced.
+fn count_spliced(moved: Moved, direction: &'static str) {
+    if let Moved::Spliced(n) = moved {
+        metrics::counter!("kafka_tee_spliced_bytes_total", "direction" => direction)
+            .increment(n as u64);
+    }
+}
+
+/// Whether a response goes to the client exactly as DC1 sent it, so its body need
+/// not be read (see `process_response`).
+fn passes_untouched(entry: &InFlight) -> bool {
+    !entry.swallow
+        && matches!(entry.action, Action::Forward)
+        && entry
+            .key
+            .is_none_or(|k| !rewrite::needs_rewrite(k, entry.version))
 }
 
 /// Applies the rewrites and the tee's bookkeeping to one response frame.
