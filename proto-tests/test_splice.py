@@ -89,6 +89,9 @@ def test_tee_reads_large_batches_and_dc2_gets_them(dc1, dc2, proxy, tmp_path):
     zero = produce_large(px.bootstrap, topic, "z", acks=0)
     assert len(read_count(dc2.bootstrap, topic, 2 * N, timeout=60)) == 2 * N, zero
     assert spliced(px, "request") == 0
+    # Fetch responses are still spliced with the tee on.
+    assert len(read_count(px.bootstrap, topic, 2 * N)) == 2 * N
+    assert spliced(px, "response") > 0.8 * 2 * N * VALUE
 
 
 def large_produce_head(size: int) -> bytes:

@@ -169,13 +169,19 @@ where
     UW: AsyncWrite + TcpHalf + Unpin,
 {
     let (tx, rx) = mpsc::channel(ctx.config.proxy.max_in_flight);
-    let codec = FrameCodec {
+    let responses_codec = FrameCodec {
         max: ctx.config.proxy.max_frame_bytes,
         head_min: splice_min,
     };
+    // With the tee on, the large requests are Produce requests the tee reads whole:
+    // they are read straight into one buffer rather than offered for splicing.
+    let requests_codec = FrameCodec {
+        head_min: splice_min.filter(|_| ctx.capture.is_none()),
+        ..responses_codec
+    };
     let (cr, ur) = (
-        FramedRead::with_capacity(cr, codec, READ_BUFFER),
-        FramedRead::with_capacity(ur, codec, READ_BUFFER),
+        FramedRead::with_capacity(cr, requests_codec, READ_BUFFER),
+        FramedRead::with_capacity(ur, responses_codec, READ_BUFFER),
     );
     let (cw, uw) = (
         BufWriter::with_capacity(WRITE_BUFFER, cw),
