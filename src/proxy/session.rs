@@ -8,7 +8,8 @@
 //! response half takes the FIFO head, reads the matching response, checks its
 //! correlation id, processes it and writes it to the client. A Produce with acks=0 is
 //! sent as acks=1 and its response is consumed by the proxy (see `classify`), so every
-//! request forwarded has exactly one response.
+//! request forwarded has exactly one response. The codec hands out only the head of
+//! a large frame; `super::large` finishes it (spliced, or read whole).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,13 +24,14 @@ use tokio_stream::StreamExt;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::large::{Forwarded, LargeRequest, forward_head, passes_untouched, splice_response};
 use crate::config::Config;
-use crate::net::splice::{Moved, Pipe, TcpHalf, both_tcp, forward_body};
+use crate::net::splice::{Pipe, TcpHalf, both_tcp};
 use crate::protocol::header::{DecodeError, guarded_decode, split_request, split_response};
-use crate::protocol::produce::{parse_produce_request, produce_acks, with_acks};
+use crate::protocol::produce::{parse_produce_request, with_acks};
 use crate::protocol::{
     Frame, FrameCodec, FrameError, peek_request_header, peek_response_correlation_id, read_rest,
-    skip_rest, write_frame, write_frame_head,
+    write_frame,
 };
 use crate::proxy::rewrite::{self, AddressMap};
 use crate::proxy::{Router, Upstream};
@@ -103,20 +105,20 @@ impl SessionError {
 }
 
 /// What the response half must do with the answer to one request.
-enum Action {
+pub(super) enum Action {
     Forward,
     Produce(Option<Ticket>),
     EndTxn { producer_id: i64, committed: bool },
 }
 
-struct InFlight {
-    correlation_id: i32,
-    key: Option<ApiKey>,
-    version: i16,
+pub(super) struct InFlight {
+    pub correlation_id: i32,
+    pub key: Option<ApiKey>,
+    pub version: i16,
     /// The client sent acks=0: the response is for the tee only.
-    swallow: bool,
-    action: Action,
-    started: Instant,
+    pub swallow: bool,
+    pub action: Action,
+    pub started: Instant,
 }
 
 /// Serves one client connection until either side closes or shutdown.
@@ -363,93 +365,6 @@ fn has_complete_frame(buf: &[u8]) -> bool {
     }
 }
 
-/// The first bytes of a large request, the rest still in the socket.
-struct LargeRequest {
-    size: usize,
-    head: Bytes,
-}
-
-/// What became of a large request.
-enum Forwarded {
-    /// Sent to DC1 without being read.
-    Spliced,
-    /// The response half is gone; the session is ending.
-    Closing,
-    /// Read whole, to be forwarded like any other request.
-    Read(Bytes),
-}
-
-/// Forwards a large request whose body the proxy need not read by splicing it to DC1;
-/// otherwise reads the rest of it.
-async fn forward_head<R, W>(
-    frames: &mut FramedRead<R, FrameCodec>,
-    upstream: &mut BufWriter<W>,
-    pipe: &mut Option<Pipe>,
-    fifo: &mpsc::Sender<InFlight>,
-    LargeRequest { size, head }: LargeRequest,
-    ctx: &SessionContext,
-    addr: &str,
-) -> Result<Forwarded, SessionError>
-where
-    R: AsyncRead + TcpHalf + Unpin,
-    W: AsyncWrite + TcpHalf + Unpin,
-{
-    let stall = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
-    let action =
-        splice_action(&head, ctx).filter(|_| both_tcp(frames.get_ref(), upstream.get_ref()));
-    let (Some(action), Some(peek)) = (action, peek_request_header(&head)) else {
-        let frame = read_rest(frames.get_mut(), size, head, stall).await;
-        return frame
-            .map(Forwarded::Read)
-            .map_err(SessionError::ClientFrame);
-    };
-    let up_err = |e: std::io::Error| SessionError::Upstream {
-        addr: addr.to_owned(),
-        message: format!("write failed: {e}"),
-    };
-    let key = peek.key();
-    metrics::counter!("kafka_tee_requests_total", "api" => api_name(key)).increment(1);
-    metrics::counter!("kafka_tee_client_bytes_in_total").increment(size as u64 + 4);
-    let entry = InFlight {
-        correlation_id: peek.correlation_id,
-        key,
-        version: peek.api_version,
-        swallow: false,
-        action,
-        started: Instant::now(),
-    };
-    if fifo.send(entry).await.is_err() {
-        return Ok(Forwarded::Closing);
-    }
-    write_frame_head(upstream, size, &head)
-        .await
-        .map_err(up_err)?;
-    upstream.flush().await.map_err(up_err)?;
-    let rest = size - head.len();
-    let moved = forward_body(frames.get_mut(), upstream.get_mut(), pipe, rest, stall)
-        .await
-        .map_err(|e| match e.sink_failure() {
-            Ok((error, _)) => up_err(error),
-            Err(frame_error) => SessionError::ClientFrame(frame_error),
-        })?;
-    count_spliced(moved, "request");
-    Ok(Forwarded::Spliced)
-}
-
-/// What the response to a large request will need when the proxy can forward the
-/// request's body without reading it (see `classify`); `None` when it must read it.
-fn splice_action(head: &Bytes, ctx: &SessionContext) -> Option<Action> {
-    match peek_request_header(head)?.key() {
-        // acks=0 must be rewritten, and the tee reads the batches.
-        Some(ApiKey::Produce) if ctx.capture.is_none() => match produce_acks(head)? {
-            0 => None,
-            _ => Some(Action::Produce(None)),
-        },
-        Some(ApiKey::Produce | ApiKey::EndTxn) => None,
-        _ => Some(Action::Forward),
-    }
-}
-
 /// Decides what a request's response will need, and rewrites the request if the tee
 /// must see a response the client did not ask for.
 fn classify(
@@ -609,58 +524,6 @@ where
         .map_err(|e| SessionError::Client(e.to_string()))
 }
 
-/// Writes a large response that passes untouched, its body spliced from DC1 to the
-/// client. A client that went away is returned as its error; the rest of the response
-/// is then read and dropped, so the answers after it are read in step.
-async fn splice_response<R, W>(
-    frames: &mut FramedRead<R, FrameCodec>,
-    client: &mut BufWriter<W>,
-    pipe: &mut Option<Pipe>,
-    size: usize,
-    head: Bytes,
-    stall: Duration,
-) -> Result<Option<std::io::Error>, FrameError>
-where
-    R: AsyncRead + TcpHalf + Unpin,
-    W: AsyncWrite + TcpHalf + Unpin,
-{
-    let rest = size - head.len();
-    let sent = match write_frame_head(client, size, &head).await {
-        Ok(()) => client.flush().await,
-        Err(e) => Err(e),
-    };
-    let (error, unread) = match sent {
-        Err(e) => (e, rest),
-        Ok(()) => match forward_body(frames.get_mut(), client.get_mut(), pipe, rest, stall).await {
-            Ok(moved) => {
-                count_spliced(moved, "response");
-                return Ok(None);
-            }
-            Err(e) => e.sink_failure()?,
-        },
-    };
-    skip_rest(frames.get_mut(), unread, stall).await?;
-    Ok(Some(error))
-}
-
-/// Counts bytes that [`forward_body`] spliced.
-fn count_spliced(moved: Moved, direction: &'static str) {
-    if let Moved::Spliced(n) = moved {
-        metrics::counter!("kafka_tee_spliced_bytes_total", "direction" => direction)
-            .increment(n as u64);
-    }
-}
-
-/// Whether a response goes to the client exactly as DC1 sent it, so its body need
-/// not be read (see `process_response`).
-fn passes_untouched(entry: &InFlight) -> bool {
-    !entry.swallow
-        && matches!(entry.action, Action::Forward)
-        && entry
-            .key
-            .is_none_or(|k| !rewrite::needs_rewrite(k, entry.version))
-}
-
 /// Applies the rewrites and the tee's bookkeeping to one response frame.
 async fn process_response(
     frame: Bytes,
@@ -739,7 +602,7 @@ fn mark_unconfirmed(
     }
 }
 
-fn api_name(key: Option<ApiKey>) -> &'static str {
+pub(super) fn api_name(key: Option<ApiKey>) -> &'static str {
     match key {
         Some(k) => api_key_name(k),
         None => "unknown",
