@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
@@ -56,19 +57,37 @@ impl Pipe {
     }
 }
 
-/// The pipe in `slot`, created on first use; `None` when the process is out of
-/// descriptors.
-fn pipe_for(slot: &mut Option<Pipe>) -> Option<&Pipe> {
-    if slot.is_none() {
-        match Pipe::new() {
-            Ok(p) => *slot = Some(p),
-            Err(e) => {
-                tracing::debug!("no pipe for splice, copying the frame instead: {e}");
-                return None;
-            }
+/// Pipes not in use. A pipe is taken for one frame and given back empty, so the
+/// pipes open (and the pipe memory charged to the user, /proc/sys/fs/pipe-user-pages-*)
+/// follow the frames being spliced at one time, not the connections.
+static IDLE_PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// Idle pipes kept for reuse; more are closed.
+const MAX_IDLE_PIPES: usize = 32;
+
+/// An empty pipe: an idle one, or a new one; `None` when none can be had (out of
+/// descriptors).
+fn take_pipe() -> Option<Pipe> {
+    let idle = IDLE_PIPES.lock().ok().and_then(|mut v| v.pop());
+    if idle.is_some() {
+        return idle;
+    }
+    match Pipe::new() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::debug!("no pipe for splice, copying the frame instead: {e}");
+            None
         }
     }
-    slot.as_ref()
+}
+
+/// Returns an empty pipe for reuse.
+fn give_back(pipe: Pipe) {
+    if let Ok(mut idle) = IDLE_PIPES.lock()
+        && idle.len() < MAX_IDLE_PIPES
+    {
+        idle.push(pipe);
+    }
 }
 
 /// Why a body could not be moved.
@@ -81,7 +100,7 @@ pub enum SpliceError {
     #[error("bytes stopped arriving mid-frame for {0:?}")]
     Stalled(Duration),
     /// Writing the destination failed. `unread` bytes of the frame are still in the
-    /// source, and the pipe holds bytes that will never be sent: drop it.
+    /// source.
     #[error("writing: {error}")]
     Sink { error: io::Error, unread: usize },
 }
@@ -121,13 +140,11 @@ pub enum Moved {
     Copied(usize),
 }
 
-/// Moves the next `len` bytes of `from` to `to`: spliced through the direction's
-/// pipe (kept in `pipe`, created on first use) when both are TCP sockets, copied
-/// otherwise. `to` must have nothing buffered.
+/// Moves the next `len` bytes of `from` to `to`: spliced through a pipe when both are
+/// TCP sockets, copied otherwise. `to` must have nothing buffered.
 pub async fn forward_body<R, W>(
     from: &mut R,
     to: &mut W,
-    pipe: &mut Option<Pipe>,
     len: usize,
     stall: Duration,
 ) -> Result<Moved, SpliceError>
@@ -136,12 +153,13 @@ where
     W: AsyncWrite + TcpHalf + Unpin,
 {
     if let (Some(src), Some(dst)) = (from.tcp(), to.tcp())
-        && let Some(p) = pipe_for(pipe)
+        && let Some(pipe) = take_pipe()
     {
-        let moved = splice_exact(src, dst, p, len, stall).await;
-        if matches!(moved, Err(SpliceError::Sink { .. })) {
-            // Bytes left in the pipe belong to a frame that will never be finished.
-            *pipe = None;
+        let moved = splice_exact(src, dst, &pipe, len, stall).await;
+        // After a failed write the pipe may hold bytes of a frame that will never be
+        // finished: it is closed. Otherwise it is empty (reads fill an empty pipe).
+        if !matches!(moved, Err(SpliceError::Sink { .. })) {
+            give_back(pipe);
         }
         return moved.map(|()| Moved::Spliced(len));
     }
@@ -310,6 +328,36 @@ mod tests {
         let mut from = from;
         from.read_exact(&mut rest).await.expect("rest");
         assert_eq!(&rest, b"next");
+    }
+
+    #[tokio::test]
+    async fn forward_body_splices_tcp_and_copies_anything_else() {
+        let stall = Duration::from_secs(10);
+        // TCP on both sides: spliced, and the pipe goes back to the pool for reuse.
+        let (mut writer, from) = pair().await;
+        let (to, mut reader) = pair().await;
+        let (mut from_r, _from_w) = from.into_split();
+        let (_to_r, mut to_w) = to.into_split();
+        for round in 0..3u8 {
+            writer.write_all(&[round; 300_000]).await.expect("write");
+            let moved = forward_body(&mut from_r, &mut to_w, 300_000, stall).await;
+            assert_eq!(moved.expect("forward"), Moved::Spliced(300_000));
+            let mut got = vec![0u8; 300_000];
+            reader.read_exact(&mut got).await.expect("read");
+            assert!(got.iter().all(|&b| b == round));
+        }
+        assert!(!IDLE_PIPES.lock().expect("pool").is_empty());
+        // Not TCP (as under TLS): copied.
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let (mut a_r, _a_w) = tokio::io::split(a);
+        let (c, mut d) = tokio::io::duplex(1 << 16);
+        let (_c_r, mut c_w) = tokio::io::split(c);
+        b.write_all(b"hello, world").await.expect("write");
+        let moved = forward_body(&mut a_r, &mut c_w, 5, stall).await;
+        assert_eq!(moved.expect("forward"), Moved::Copied(5));
+        let mut got = [0u8; 5];
+        d.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"hello");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tokio_util::codec::FramedRead;
 
 use super::rewrite;
 use super::session::{Action, InFlight, SessionContext, SessionError, api_name};
-use crate::net::splice::{Moved, Pipe, TcpHalf, both_tcp, forward_body};
+use crate::net::splice::{Moved, TcpHalf, both_tcp, forward_body};
 use crate::protocol::produce::produce_acks;
 use crate::protocol::{
     FrameCodec, FrameError, peek_request_header, read_rest, skip_rest, write_frame_head,
@@ -42,7 +42,6 @@ pub(super) enum Forwarded {
 pub(super) async fn forward_head<R, W>(
     frames: &mut FramedRead<R, FrameCodec>,
     upstream: &mut BufWriter<W>,
-    pipe: &mut Option<Pipe>,
     fifo: &mpsc::Sender<InFlight>,
     LargeRequest { size, head }: LargeRequest,
     ctx: &SessionContext,
@@ -84,7 +83,7 @@ where
         .map_err(up_err)?;
     upstream.flush().await.map_err(up_err)?;
     let rest = size - head.len();
-    let moved = forward_body(frames.get_mut(), upstream.get_mut(), pipe, rest, stall)
+    let moved = forward_body(frames.get_mut(), upstream.get_mut(), rest, stall)
         .await
         .map_err(|e| match e.sink_failure() {
             Ok((error, _)) => up_err(error),
@@ -114,7 +113,6 @@ fn splice_action(head: &Bytes, ctx: &SessionContext) -> Option<Action> {
 pub(super) async fn splice_response<R, W>(
     frames: &mut FramedRead<R, FrameCodec>,
     client: &mut BufWriter<W>,
-    pipe: &mut Option<Pipe>,
     size: usize,
     head: Bytes,
     stall: Duration,
@@ -130,7 +128,7 @@ where
     };
     let (error, unread) = match sent {
         Err(e) => (e, rest),
-        Ok(()) => match forward_body(frames.get_mut(), client.get_mut(), pipe, rest, stall).await {
+        Ok(()) => match forward_body(frames.get_mut(), client.get_mut(), rest, stall).await {
             Ok(moved) => {
                 count_spliced(moved, "response");
                 return Ok(None);

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::large::{Forwarded, LargeRequest, forward_head, passes_untouched, splice_response};
 use crate::config::Config;
-use crate::net::splice::{Pipe, TcpHalf, both_tcp};
+use crate::net::splice::{TcpHalf, both_tcp};
 use crate::protocol::header::{DecodeError, guarded_decode, split_request, split_response};
 use crate::protocol::produce::{parse_produce_request, with_acks};
 use crate::protocol::{
@@ -279,7 +279,6 @@ where
     let tick = stalled.min(idle);
     let mut last_frame = Instant::now();
     let mut partial_len: Option<usize> = None;
-    let mut pipe: Option<Pipe> = None;
     loop {
         let item = tokio::select! {
             biased;
@@ -310,17 +309,7 @@ where
             Frame::Whole(frame) => frame,
             Frame::Head { size, head } => {
                 let head = LargeRequest { size, head };
-                match forward_head(
-                    &mut frames,
-                    &mut upstream,
-                    &mut pipe,
-                    &fifo,
-                    head,
-                    ctx,
-                    addr,
-                )
-                .await?
-                {
+                match forward_head(&mut frames, &mut upstream, &fifo, head, ctx, addr).await? {
                     Forwarded::Spliced => continue,
                     Forwarded::Closing => return Ok(()),
                     Forwarded::Read(frame) => frame,
@@ -447,7 +436,6 @@ where
     };
     let stall = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
     let mut client_gone: Option<SessionError> = None;
-    let mut pipe: Option<Pipe> = None;
     while let Some(entry) = fifo.recv().await {
         let item = match frames.next().await {
             Some(r) => r.map_err(frame_err)?,
@@ -479,7 +467,7 @@ where
                 metrics::histogram!("kafka_tee_request_duration_seconds", "api" => api_name(key))
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("kafka_tee_client_bytes_out_total").increment(size as u64 + 4);
-                let gone = splice_response(&mut frames, &mut client, &mut pipe, size, head, stall)
+                let gone = splice_response(&mut frames, &mut client, size, head, stall)
                     .await
                     .map_err(frame_err)?;
                 if let Some(e) = gone {
