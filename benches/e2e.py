@@ -8,6 +8,8 @@ so that the noise of a shared machine falls on all of them alike:
 
   direct        loadgen -> DC1 broker
   tee-off       loadgen -> kafka-tee -> DC1
+  tee-off-copy  the same with proxy.splice_min_bytes = 0: every frame read into the proxy
+                and written out again (what splicing large frames saves)
   tee-on        loadgen -> kafka-tee --target DC2 -> DC1 (+ DC2 catch-up time)
   tee-remote    loadgen -> kafka-tee --target sink -> DC1: the tee on, with DC2's broker
                 not on this machine (a sink stands in for a DC2 in another data center,
@@ -18,7 +20,8 @@ so that the noise of a shared machine falls on all of them alike:
   sink-tee      loadgen -> kafka-tee -> sink (a Kafka endpoint that stores nothing)
   sink-relay    loadgen -> socat -> sink
 
-then a latency run at half of direct's median peak rate (direct, tee-off, tee-on).
+then a latency run at half of direct's median peak rate (direct, tee-off, tee-off-copy,
+tee-on).
 It prints a table of medians and ratios to direct, and writes
 benches/results/latest.json, latest.md and throughput.svg.
 
@@ -57,9 +60,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benches" / "results"
 HOST = "127.0.0.1"
 
-THROUGHPUT_PATHS = ["direct", "tee-off", "tee-on", "tee-remote", "l4-relay", "tansu-proxy"]
+THROUGHPUT_PATHS = ["direct", "tee-off", "tee-off-copy", "tee-on", "tee-remote", "l4-relay",
+                    "tansu-proxy"]
 SINK_PATHS = ["sink-tee", "sink-relay"]
-LATENCY_PATHS = ["direct", "tee-off", "tee-on"]
+LATENCY_PATHS = ["direct", "tee-off", "tee-off-copy", "tee-on"]
 
 
 def log(msg: str) -> None:
@@ -389,9 +393,16 @@ class Topology:
         wait_port(port, p, name, self.procs)
         return p
 
-    def kafka_tee(self, name: str, source: str, target: str | None = None) -> tuple[str, int]:
+    def kafka_tee(self, name: str, source: str, target: str | None = None,
+                  config: dict[str, int] | None = None) -> tuple[str, int]:
+        """Starts kafka-tee; `config` holds [proxy] settings for a config file."""
         port = free_port()
         argv = [str(self.kt), "--listen", f"{HOST}:{port}", "--source", source, *self.kt_args]
+        if config:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path = self.state_dir / f"{name}.toml"
+            path.write_text("[proxy]\n" + "".join(f"{k} = {v}\n" for k, v in config.items()))
+            argv += ["--config", str(path)]
         if target:
             d = self.state_dir / name
             d.mkdir(parents=True, exist_ok=True)
@@ -415,7 +426,7 @@ class Topology:
 
     def start(self, loadgen: Path, paths: set[str], partitions: int) -> None:
         need = lambda *names: any(n in paths for n in names)  # noqa: E731
-        if need("direct", "tee-off", "tee-on", "tee-remote", "tansu-proxy"):
+        if need("direct", "tee-off", "tee-off-copy", "tee-on", "tee-remote", "tansu-proxy"):
             dc1 = self.tansu("dc1")
             self.bootstrap["direct"], self.backing["direct"] = dc1, [dc1]
             self.pid["direct"] = None
@@ -425,6 +436,10 @@ class Topology:
             addr, pid = self.kafka_tee("kafka-tee-off", dc1)
             self.bootstrap["tee-off"], self.backing["tee-off"], self.pid["tee-off"] = \
                 addr, [dc1], pid
+        if need("tee-off-copy"):
+            addr, pid = self.kafka_tee("kafka-tee-copy", dc1, config={"splice_min_bytes": 0})
+            self.bootstrap["tee-off-copy"], self.backing["tee-off-copy"] = addr, [dc1]
+            self.pid["tee-off-copy"] = pid
         if need("tee-on"):
             addr, pid = self.kafka_tee("kafka-tee-on", dc1, self.dc2)
             self.bootstrap["tee-on"], self.backing["tee-on"], self.pid["tee-on"] = \
@@ -902,6 +917,8 @@ def main() -> int:
         "note": "median over rounds of the ratio (or difference) between runs of the "
                 "same round",
         "tee-off/direct": paired(runs, "tee-off", "direct", rps),
+        "tee-off-copy/direct": paired(runs, "tee-off-copy", "direct", rps),
+        "tee-off/tee-off-copy": paired(runs, "tee-off", "tee-off-copy", rps),
         "tee-on/direct": paired(runs, "tee-on", "direct", rps),
         "tee-remote/direct": paired(runs, "tee-remote", "direct", rps),
         "l4-relay/direct": paired(runs, "l4-relay", "direct", rps),
@@ -909,6 +926,8 @@ def main() -> int:
         "tee-off/tansu-proxy": paired(runs, "tee-off", "tansu-proxy", rps),
         "sink-tee/sink-relay": paired(runs, "sink-tee", "sink-relay", rps),
         "latency added p99 ms tee-off": paired_diff(lat_runs, "tee-off", "direct", p99),
+        "latency added p99 ms tee-off-copy": paired_diff(lat_runs, "tee-off-copy", "direct",
+                                                         p99),
         "latency added p99 ms tee-on": paired_diff(lat_runs, "tee-on", "direct", p99),
         "light latency added p99 ms tee-off": paired_diff(light_runs, "tee-off", "direct",
                                                           p99),

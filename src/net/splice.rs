@@ -225,46 +225,69 @@ pub async fn splice_exact(
     stall: Duration,
 ) -> Result<(), SpliceError> {
     let mut unread = len;
-    while unread > 0 {
-        // Fill. The pipe is empty here, so EAGAIN can only mean the socket has no data
-        // (a full pipe would also say EAGAIN, and would wrongly clear the socket's
-        // readiness).
-        let moved = loop {
-            match tokio::time::timeout(stall, from.readable()).await {
-                Err(_) => return Err(SpliceError::Stalled(stall)),
-                Ok(Err(e)) => return Err(SpliceError::Source(e)),
-                Ok(Ok(())) => {}
-            }
-            let want = unread.min(pipe.capacity);
-            match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want, 0)
-            }) {
+    let mut in_pipe = 0usize;
+    let sink = |error, unread| SpliceError::Sink { error, unread };
+    while unread > 0 || in_pipe > 0 {
+        let mut moved = false;
+        // Fill: take what the source has, as far as the pipe holds, so the source keeps
+        // flowing while the destination is slow (as it would into a read buffer).
+        let room = pipe.capacity - in_pipe;
+        if unread > 0 && room > 0 {
+            let want = unread.min(room);
+            let fill = || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want, 0);
+            let filled = if in_pipe == 0 {
+                // An empty pipe has room, so EAGAIN means the socket has no data and
+                // tokio may forget its readiness.
+                from.try_io(Interest::READABLE, fill)
+            } else {
+                // EAGAIN may mean a full pipe (it counts buffers, not bytes): the
+                // socket's readiness must be kept, so the call bypasses tokio.
+                fill()
+            };
+            match filled {
                 Ok(0) => {
                     return Err(SpliceError::Source(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed in the middle of a frame",
                     )));
                 }
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) => {
+                    unread -= n;
+                    in_pipe += n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(SpliceError::Source(e)),
             }
-        };
-        unread -= moved;
-        // Drain all of it; "more follows" lets TCP fill whole segments.
-        let mut in_pipe = moved;
-        let more = if unread > 0 { libc::SPLICE_F_MORE } else { 0 };
-        while in_pipe > 0 {
-            let sink = |error| SpliceError::Sink { error, unread };
-            to.writable().await.map_err(sink)?;
+        }
+        // Drain; "more follows" lets TCP fill whole segments.
+        if in_pipe > 0 {
+            let more = if unread > 0 { libc::SPLICE_F_MORE } else { 0 };
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_raw_fd(), to.as_raw_fd(), in_pipe, more)
             }) {
-                Ok(0) => return Err(sink(io::ErrorKind::WriteZero.into())),
-                Ok(n) => in_pipe -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(sink(e)),
+                Ok(0) => return Err(sink(io::ErrorKind::WriteZero.into(), unread)),
+                Ok(n) => {
+                    in_pipe -= n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(sink(e, unread)),
             }
+        }
+        if moved {
+            continue;
+        }
+        if in_pipe == 0 {
+            // Waiting for the source only.
+            match tokio::time::timeout(stall, from.readable()).await {
+                Err(_) => return Err(SpliceError::Stalled(stall)),
+                Ok(Err(e)) => return Err(SpliceError::Source(e)),
+                Ok(Ok(())) => {}
+            }
+        } else {
+            // The destination is full (back-pressure, no timeout, like any write).
+            to.writable().await.map_err(|e| sink(e, unread))?;
         }
     }
     Ok(())
