@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 /// (/proc/sys/fs/pipe-max-size), so a 1 MB frame moves in a few calls.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
-/// A pipe owned by one direction of one connection. It is empty between frames.
+/// A pipe, lent to one frame at a time (see `take_pipe`); empty between frames.
 #[derive(Debug)]
 pub struct Pipe {
     read: OwnedFd,
@@ -36,8 +36,8 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // When the user's pipe budget is spent (many connections), the kernel refuses
-        // the larger size and the default one (64 KiB) is used.
+        // When the user's pipe budget is spent (many pipes open), the kernel refuses the
+        // larger size and the default one (64 KiB) is used.
         // SAFETY: plain fcntl calls on a descriptor this function owns.
         let size = unsafe {
             match libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) {
