@@ -58,6 +58,8 @@ def test_large_produce_and_fetch_through_the_proxy(dc1, proxy, tmp_path, splice)
         assert len(direct.records) > 1 << 20
         assert proxied.records == direct.records, f"partition {p}: fetched bytes differ"
     sent_bytes = N * VALUE
+    # Spliced or not, every Fetch is counted and timed.
+    assert metric(px, "kafka_tee_request_duration_seconds_count", 'api="Fetch"') >= PARTITIONS
     if splice:
         assert spliced(px, "request") > 0.8 * sent_bytes
         assert spliced(px, "response") > 2 * 0.8 * sent_bytes

@@ -464,12 +464,14 @@ where
                     && passes_untouched(&entry)
                     && both_tcp(frames.get_ref(), client.get_ref()) =>
             {
-                metrics::histogram!("kafka_tee_request_duration_seconds", "api" => api_name(key))
-                    .record(started.elapsed().as_secs_f64());
                 metrics::counter!("kafka_tee_client_bytes_out_total").increment(size as u64 + 4);
                 let gone = splice_response(&mut frames, &mut client, size, head, stall)
                     .await
                     .map_err(frame_err)?;
+                // Its last byte has been read from DC1 (and passed on): the response is
+                // complete, as a response read whole is when it has been read.
+                metrics::histogram!("kafka_tee_request_duration_seconds", "api" => api_name(key))
+                    .record(started.elapsed().as_secs_f64());
                 if let Some(e) = gone {
                     client_gone = Some(SessionError::Client(e.to_string()));
                 }
