@@ -136,7 +136,8 @@ pub struct FrameCodec {
 }
 
 /// How many bytes of a large frame must have arrived before its head is handed out:
-/// enough for any request header plus a Produce request's fields up to acks.
+/// enough for a request header and a Produce request's fields up to acks, unless its
+/// client or transactional id is very long (such a request is then read whole).
 pub const HEAD_BYTES: usize = 512;
 
 /// A frame from [`FrameCodec`].
