@@ -5,7 +5,7 @@
 //! `proxy.splice_min_bytes` have arrived; the functions here finish that frame before
 //! the session reads the next one.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::rewrite;
-use super::session::{Action, InFlight, SessionContext, SessionError, api_name};
+use super::session::{Action, InFlight, SessionContext, SessionError, count_request};
 use crate::net::splice::{Moved, TcpHalf, both_tcp, forward_body};
 use crate::protocol::produce::produce_acks;
 use crate::protocol::{
@@ -64,17 +64,8 @@ where
         addr: addr.to_owned(),
         message: format!("write failed: {e}"),
     };
-    let key = peek.key();
-    metrics::counter!("kafka_tee_requests_total", "api" => api_name(key)).increment(1);
-    metrics::counter!("kafka_tee_client_bytes_in_total").increment(size as u64 + 4);
-    let entry = InFlight {
-        correlation_id: peek.correlation_id,
-        key,
-        version: peek.api_version,
-        swallow: false,
-        action,
-        started: Instant::now(),
-    };
+    count_request(&peek, size);
+    let entry = InFlight::new(&peek, action);
     if fifo.send(entry).await.is_err() {
         return Ok(Forwarded::Closing);
     }

@@ -30,8 +30,8 @@ use crate::net::splice::{TcpHalf, both_tcp};
 use crate::protocol::header::{DecodeError, guarded_decode, split_request, split_response};
 use crate::protocol::produce::{parse_produce_request, with_acks};
 use crate::protocol::{
-    Frame, FrameCodec, FrameError, peek_request_header, peek_response_correlation_id, read_rest,
-    write_frame,
+    Frame, FrameCodec, FrameError, RequestHeaderPeek, peek_request_header,
+    peek_response_correlation_id, read_rest, write_frame,
 };
 use crate::proxy::rewrite::{self, AddressMap};
 use crate::proxy::{Router, Upstream};
@@ -119,6 +119,26 @@ pub(super) struct InFlight {
     pub swallow: bool,
     pub action: Action,
     pub started: Instant,
+}
+
+impl InFlight {
+    /// The entry for a request just read, its response not yet seen.
+    pub(super) fn new(peek: &RequestHeaderPeek, action: Action) -> Self {
+        InFlight {
+            correlation_id: peek.correlation_id,
+            key: peek.key(),
+            version: peek.api_version,
+            swallow: false,
+            action,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Counts a request read from a client, `size` bytes without its length prefix.
+pub(super) fn count_request(peek: &RequestHeaderPeek, size: usize) {
+    metrics::counter!("kafka_tee_requests_total", "api" => api_name(peek.key())).increment(1);
+    metrics::counter!("kafka_tee_client_bytes_in_total").increment(size as u64 + 4);
 }
 
 /// Serves one client connection until either side closes or shutdown.
@@ -322,10 +342,8 @@ where
                 frame.len()
             )));
         };
-        let key = peek.key();
-        metrics::counter!("kafka_tee_requests_total", "api" => api_name(key)).increment(1);
-        metrics::counter!("kafka_tee_client_bytes_in_total").increment(frame.len() as u64 + 4);
-        let (frame, inflight) = classify(frame, peek.api_version, peek.correlation_id, key, ctx)?;
+        count_request(&peek, frame.len());
+        let (frame, inflight) = classify(frame, &peek, ctx)?;
         // Enqueued before the frame goes out, so the response half always finds it.
         if fifo.send(inflight).await.is_err() {
             return Ok(());
@@ -358,20 +376,12 @@ fn has_complete_frame(buf: &[u8]) -> bool {
 /// must see a response the client did not ask for.
 fn classify(
     frame: Bytes,
-    version: i16,
-    correlation_id: i32,
-    key: Option<ApiKey>,
+    peek: &RequestHeaderPeek,
     ctx: &SessionContext,
 ) -> Result<(Bytes, InFlight), SessionError> {
-    let mut entry = InFlight {
-        correlation_id,
-        key,
-        version,
-        swallow: false,
-        action: Action::Forward,
-        started: Instant::now(),
-    };
-    match key {
+    let version = peek.api_version;
+    let mut entry = InFlight::new(peek, Action::Forward);
+    match peek.key() {
         Some(ApiKey::Produce) => {
             let mut frame = frame;
             let view = match parse_produce_request(&frame) {
