@@ -210,6 +210,15 @@ class Broker:
         self.proc.stop(grace=3.0)
 
 
+def tansu_env() -> dict[str, str]:
+    """The environment a Tansu broker runs with. Tansu reads RUST_LOG, and at info or
+    debug it logs every field it encodes and slows to a crawl; so its level comes from
+    TANSU_LOG (default warn), whatever RUST_LOG says. kafka-tee's is KAFKA_TEE_LOG."""
+    env = dict(os.environ)
+    env["RUST_LOG"] = os.environ.get("TANSU_LOG", "warn")
+    return env
+
+
 def start_tansu(name: str, log_dir: Path, timeout: float = 30.0) -> Broker:
     """Starts a memory-backed Tansu broker for cluster `name` and waits until it answers
     a metadata request."""
@@ -222,9 +231,7 @@ def start_tansu(name: str, log_dir: Path, timeout: float = 30.0) -> Broker:
         "--advertised-listener-url", url,
         "--storage-engine", f"memory://{name}/",
     ]
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "warn")
-    proc = Proc(f"tansu-{name}", argv, log_dir / f"tansu-{name}.log").start(env=env)
+    proc = Proc(f"tansu-{name}", argv, log_dir / f"tansu-{name}.log").start(env=tansu_env())
     try:
         wait_for_port(port, timeout, proc)
         deadline = time.monotonic() + timeout
@@ -310,7 +317,7 @@ def start_proxy(
     extra: Sequence[str] = (),
     name: str = "kafka-tee",
     timeout: float = 20.0,
-    rust_log: str = "info",
+    log: str = "info",
     port: int | None = None,
 ) -> Proxy:
     """Starts the proxy on a block of free ports and waits until its listener accepts."""
@@ -326,7 +333,7 @@ def start_proxy(
         state_dir, config, extra,
     )
     env = dict(os.environ)
-    env.setdefault("RUST_LOG", rust_log)
+    env.setdefault("KAFKA_TEE_LOG", log)
     env.setdefault("RUST_BACKTRACE", "1")
     proc = Proc(name, argv, log_dir / f"{name}.log").start(env=env)
     try:
@@ -342,7 +349,7 @@ def start_proxy(
 def run_proxy_expecting_exit(argv: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess:
     """Runs the binary to completion (for bad-config tests); kills it if it hangs."""
     env = dict(os.environ)
-    env.setdefault("RUST_LOG", "info")
+    env.setdefault("KAFKA_TEE_LOG", "info")
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env, text=True)
     try:

@@ -594,12 +594,8 @@ def start_tansu_at(name: str, log_dir: Path, port: int, advertised_port: int | N
     adv = f"tcp://{HOST}:{advertised_port or port}"
     argv = [harness.tansu_bin(), "broker", "--cluster-id", name, "--listener-url", url,
             "--advertised-listener-url", adv, "--storage-engine", f"memory://{name}/"]
-    import os
-
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "warn")
     proc = harness.Proc(f"tansu-{name}", argv, log_dir / f"tansu-{name}-{port}.log")
-    proc.start(env=env)
+    proc.start(env=harness.tansu_env())
     try:
         harness.wait_for_port(port, timeout, proc)
         deadline = time.monotonic() + timeout

@@ -90,6 +90,13 @@ pub async fn run(
         ),
     };
     let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
+    // Installed before anything records: a restart's catch-up starts within
+    // milliseconds, and what it counts before the recorder exists is lost.
+    let admin_metrics = config
+        .admin
+        .listen
+        .as_deref()
+        .map(|l| (l, crate::metrics::install()));
 
     let tee = if config.replication_enabled() {
         Some(Tee::start(&config).await?)
@@ -142,7 +149,10 @@ pub async fn run(
             }
         }));
     }
-    let admin = start_admin(&config, &status).await?;
+    let admin = match admin_metrics {
+        Some((listen, metrics)) => Some(start_admin(listen, &status, metrics).await?),
+        None => None,
+    };
     tracing::info!(%local, source = ?config.source.bootstrap, target = ?config.target.bootstrap, "kafka-tee listening");
     tracker.spawn(acceptor.run(listener, Upstream::Bootstrap));
     status.set_listening(true);
@@ -166,24 +176,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds and starts the admin endpoint when `admin.listen` is set. It answers from
-/// here until the very end of `run`, so `/readyz` reports the shutdown while it runs.
+/// Binds and starts the admin endpoint on `admin.listen`. It answers from here
+/// until the very end of `run`, so `/readyz` reports the shutdown while it runs.
 async fn start_admin(
-    config: &Config,
+    listen: &str,
     status: &Arc<crate::status::Status>,
-) -> anyhow::Result<Option<crate::admin::Admin>> {
-    let Some(listen) = &config.admin.listen else {
-        return Ok(None);
-    };
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<crate::admin::Admin> {
     let addr = parse_addr(listen).map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin.listen): {e}"))?;
     let state = Arc::new(crate::admin::AdminState {
         status: status.clone(),
-        metrics: crate::metrics::install(),
+        metrics,
     });
-    Ok(Some(crate::admin::Admin::start(listener, state)?))
+    Ok(crate::admin::Admin::start(listener, state)?)
 }
 
 /// Loads the client-facing TLS configuration and starts watching its files.

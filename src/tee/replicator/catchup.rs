@@ -163,6 +163,13 @@ impl CatchUp {
                     continue;
                 }
                 Committed::Aborted => {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        offset = base,
+                        producer_id = batch.producer_id(),
+                        "read back a batch of an aborted transaction; not copied"
+                    );
                     skipped.aborted_batches += 1;
                     continue;
                 }
