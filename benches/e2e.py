@@ -247,6 +247,13 @@ def cpu_seconds(pid: int) -> float | None:
     return None if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tansu_env() -> dict[str, str]:
+    """Tansu (broker and proxy) reads RUST_LOG and slows to a crawl at info; its level
+    comes from TANSU_LOG (default warn), as in the tests, so a RUST_LOG set for other
+    work does not skew the runs."""
+    return dict(os.environ, RUST_LOG=os.environ.get("TANSU_LOG", "warn"))
+
+
 def children_of(pid: int) -> list[int]:
     """Child processes of `pid`, from /proc/PID/task/*/children. With the RSS read, a
     sampler tick costs about 0.2 ms this way; scanning every process's stat took 4.6 ms,
@@ -381,7 +388,7 @@ class Topology:
     def tansu(self, name: str, advertise_port: int | None = None) -> str:
         port = free_port()
         adv = advertise_port or port
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        env = tansu_env()
         p = self.procs.start(f"tansu-{name}", [
             tansu_bin(), "broker", "--cluster-id", name,
             "--listener-url", f"tcp://{HOST}:{port}",
@@ -470,7 +477,7 @@ class Topology:
                 tansu_bin(), "proxy", "--listener-url", f"tcp://{HOST}:{port}",
                 "--advertised-listener-url", f"tcp://{HOST}:{port}",
                 "--origin-url", f"tcp://{dc1}"],
-                env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn")))
+                env=tansu_env())
             wait_port(port, p, "tansu-proxy", self.procs)
             self.bootstrap["tansu-proxy"], self.backing["tansu-proxy"] = f"{HOST}:{port}", [dc1]
             self.pid["tansu-proxy"] = p.pid
