@@ -404,6 +404,44 @@ def test_proxy_killed_with_transactions_not_yet_in_dc2(dc1, dc2, proxy, tmp_path
     print(f"duplicates: {len(keys) - len(set(keys))}")
 
 
+def test_proxy_killed_before_any_periodic_checkpoint(dc1, dc2, proxy, tmp_path):
+    """A partition's first records are acked and the proxy is killed before a periodic
+    checkpoint could name the partition (the interval is 10 minutes, and DC2 is frozen
+    so nothing reaches it). The restarted proxy must still know where each partition
+    started: every acked record reaches DC2 without new produce to that topic."""
+    cfg = write_config(tmp_path / "tee.toml",
+                       {"replication": {"checkpoint_interval_ms": 600_000}})
+    state = tmp_path / "state"
+    px = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=state, config=cfg)
+    topic = new_topic(px, "fault-kill-early")
+    dc2.proc.signal(signal.SIGSTOP)
+    try:
+        sent = teeutil.produce_confluent(px.bootstrap, topic,
+                                         teeutil.make_trecords(60, "e0", partitions=PARTITIONS))
+        assert sent.errors == [], sent.errors[:5]
+        assert len(sent.acked) == 60
+        px.proc.signal(signal.SIGKILL)
+        px.proc.wait(timeout=10)
+    finally:
+        dc2.proc.signal(signal.SIGCONT)
+    restarted = time.monotonic()
+    proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=state, port=px.port,
+          name="kafka-tee-restarted", config=cfg)
+    keys = {r.key for r in sent.acked}
+    reading = time.monotonic()
+    dc2_recs, took = read_until(dc2.bootstrap, topic, lambda r: keys <= set(r.keys),
+                                CATCH_UP, idle=1.5)
+    got = {r.key for r in dc2_recs}
+    assert took is not None, (f"DC2 misses {len(keys - got)} of {len(keys)} records acked "
+                              f"before the crash, e.g. {sorted(keys - got)[:3]}")
+    dc1_recs, _ = read_until(dc1.bootstrap, topic, lambda r: keys <= set(r.keys), 30,
+                             idle=1.0)
+    chk = check_replicated(sent.acked, dc1_recs, dc2_recs)
+    print(f"\n[sigkill-early] {len(keys)} records acked before any periodic checkpoint in "
+          f"DC2 {reading - restarted + took:.2f}s after the restart")
+    print(f"duplicates: {chk.duplicates}")
+
+
 def test_tiny_memory_bound_reads_back_from_dc1(dc1, dc2, proxy, tmp_path):
     """max_pending_bytes = 1024: almost no batch fits in memory, so the replicator reads
     most of the data back from DC1 (catch-up)."""

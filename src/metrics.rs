@@ -323,6 +323,12 @@ pub const METRICS: &[MetricDef] = &[
         &[],
         "Checkpoint writes that failed; after a restart, replication resumes from the last good one.",
     ),
+    def(
+        "kafka_tee_checkpoint_start_unsaved_total",
+        Counter,
+        &[],
+        "Partitions whose first acknowledgement went to the producer before a checkpoint naming the partition was on disk (the write failed or took over 5 s); a crash then would not copy those batches.",
+    ),
 ];
 
 /// Histogram buckets, in seconds: sub-millisecond proxy hops up to DC2 outages.

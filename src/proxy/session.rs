@@ -555,9 +555,18 @@ async fn process_response(
             let (header, mut body) = split_response(key, version, &frame)?;
             let mut resp: ProduceResponse = guarded_decode(&mut body, version, "Produce response")?;
             let waits = ticket.complete(&resp);
-            let unconfirmed = match (&ctx.capture, waits.is_empty()) {
-                (Some(capture), false) => capture.wait_for_dc2(waits, ctx.sync_timeout).await,
-                _ => Vec::new(),
+            let unconfirmed = match &ctx.capture {
+                Some(capture) => {
+                    if !waits.starts.is_empty() {
+                        capture.wait_starts_durable(waits.starts).await;
+                    }
+                    if waits.dc2.is_empty() {
+                        Vec::new()
+                    } else {
+                        capture.wait_for_dc2(waits.dc2, ctx.sync_timeout).await
+                    }
+                }
+                None => Vec::new(),
             };
             if resp.node_endpoints.is_empty() && unconfirmed.is_empty() {
                 return Ok(frame);

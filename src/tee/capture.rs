@@ -41,11 +41,34 @@ pub trait Sink: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(async { false })
     }
+    /// Whether a restart of the proxy would still copy a batch DC1 acked at `base`.
+    /// When not, the producer's answer waits for `make_starts_durable`. A sink that
+    /// keeps nothing across restarts says yes.
+    fn start_is_durable(&self, _tp: &TopicPartition, _base: i64) -> bool {
+        true
+    }
+    /// Makes a restart resume each partition of `starts` (partition, acked base) no
+    /// later than its base; resolves to false if that could not be made durable.
+    fn make_starts_durable(
+        &self,
+        _starts: Vec<(TopicPartition, i64)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
 }
 
 /// Partitions of one response whose producer waits for DC2 (synchronous topics):
 /// (partition, last DC1 offset of the batch).
 pub type SyncWaits = Vec<(TopicPartition, i64)>;
+
+/// What a producer's answer waits for once DC1 acked its request.
+#[derive(Debug, Default)]
+pub struct Waits {
+    /// Synchronous topics: DC2 must hold these batches.
+    pub dc2: SyncWaits,
+    /// Partitions whose start a restart would not know yet: (partition, acked base).
+    pub starts: Vec<(TopicPartition, i64)>,
+}
 
 /// Offsets of the batch header fields the capture reads.
 const LAST_OFFSET_DELTA: usize = 23;
@@ -141,6 +164,20 @@ impl Capture {
             txn_timeout,
             sync_topics,
         })
+    }
+
+    /// Waits until a restart would resume every partition of `starts` no later than
+    /// its acked base. If that cannot be written, the answer goes out anyway (a failing
+    /// disk must not stop DC1's producers): logged and counted.
+    pub async fn wait_starts_durable(&self, starts: Vec<(TopicPartition, i64)>) {
+        let n = starts.len();
+        if !self.sink.make_starts_durable(starts).await {
+            tracing::warn!(
+                partitions = n,
+                "answering a produce whose partition start is not in a checkpoint on disk: a crash now would not copy it"
+            );
+            metrics::counter!("kafka_tee_checkpoint_start_unsaved_total").increment(n as u64);
+        }
     }
 
     /// Waits until DC2 has every batch in `waits`; returns the partitions it did not
@@ -354,11 +391,11 @@ impl Capture {
 
 impl Ticket {
     /// Applies DC1's response: partitions acked with error 0 become batches. Returns
-    /// the acked partitions of synchronous topics, which the producer's response must
-    /// wait for.
-    pub fn complete(mut self, resp: &ProduceResponse) -> SyncWaits {
+    /// what the producer's response must wait for: the acked partitions of synchronous
+    /// topics, and those whose start a restart would not know.
+    pub fn complete(mut self, resp: &ProduceResponse) -> Waits {
         let entries = std::mem::take(&mut self.entries);
-        let mut waits = SyncWaits::new();
+        let mut waits = Waits::default();
         for entry in entries {
             let ack = resp
                 .responses
@@ -375,7 +412,14 @@ impl Ticket {
                 (ack, entry.facts, &self.capture.sync_topics)
                 && sync.wants(&entry.tp.topic)
             {
-                waits.push((entry.tp.clone(), base + facts.last_offset_delta));
+                waits
+                    .dc2
+                    .push((entry.tp.clone(), base + facts.last_offset_delta));
+            }
+            if let Some(base) = ack
+                && !self.capture.sink.start_is_durable(&entry.tp, base)
+            {
+                waits.starts.push((entry.tp.clone(), base));
             }
             self.capture.finish(entry, ack);
         }
@@ -467,6 +511,41 @@ mod tests {
                 Pending::Gap { from, .. } => (*from, false),
             })
             .collect()
+    }
+
+    /// A sink whose restarts know only partition 0.
+    struct KnowsPartitionZero;
+    impl Sink for KnowsPartitionZero {
+        fn push(&self, _: TopicPartition, _: Pending) {}
+        fn wants(&self, _: &str) -> bool {
+            true
+        }
+        fn start_is_durable(&self, tp: &TopicPartition, _base: i64) -> bool {
+            tp.partition == 0
+        }
+    }
+
+    #[test]
+    fn acked_partitions_a_restart_would_not_know_are_waited_for() {
+        let cap = Capture::new(
+            Arc::new(KnowsPartitionZero),
+            Arc::new(Budget::new(1 << 20)),
+            Duration::from_secs(60),
+        );
+        let known = cap.on_request(&request("t", 0, batch(0, -1, false, 0)));
+        let waits = known.expect("ticket").complete(&response("t", 0, 0, 3));
+        assert!(waits.starts.is_empty() && waits.dc2.is_empty());
+        let new = cap.on_request(&request("t", 1, batch(0, -1, false, 0)));
+        let waits = new.expect("ticket").complete(&response("t", 1, 0, 7));
+        let one = TopicPartition {
+            topic: "t".into(),
+            partition: 1,
+        };
+        assert_eq!(waits.starts, vec![(one, 7)]);
+        // Not acked: nothing to copy, so nothing to wait for.
+        let failed = cap.on_request(&request("t", 1, batch(0, -1, false, 0)));
+        let waits = failed.expect("ticket").complete(&response("t", 1, 6, -1));
+        assert!(waits.starts.is_empty());
     }
 
     #[test]

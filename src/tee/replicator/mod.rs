@@ -7,6 +7,8 @@
 //! - `topics`: topic filter, DC2 topic creation and partition-count checks.
 //! - `queue`: a partition's pending items, gaps merged.
 //! - `checkpoint`: the durable per-partition position and DC2 producer identity.
+//! - `durable`: the checkpoint task; a new partition's start is on disk before its
+//!   producer is answered.
 //!
 //! The proxy calls [`ReplicatorHandle::push`] in DC1 offset order per partition. Push
 //! never blocks: items go to the partition's worker over an unbounded channel, and the
@@ -15,6 +17,7 @@
 
 mod catchup;
 pub mod checkpoint;
+mod durable;
 mod queue;
 mod sender;
 mod topics;
@@ -35,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, ClientConfig, ClientError, Cluster};
 use crate::config::{ClusterConfig, Config};
 use crate::tee::{Budget, Pending, TopicPartition};
-use checkpoint::{Checkpoint, PartitionCheckpoint};
+use checkpoint::Checkpoint;
 pub use topics::{COPIED_CONFIGS, TopicFilter, TopicStatus};
 
 /// Replication settings taken from the configuration.
@@ -171,6 +174,8 @@ struct Shared {
     identity: IdentityCell,
     progress: DashMap<TopicPartition, Progress>,
     progress_version: AtomicU64,
+    /// What the checkpoint on disk covers; new partitions' floors.
+    durable: durable::Durability,
     committed: Notify,
     workers: DashMap<TopicPartition, mpsc::UnboundedSender<(Instant, Pending)>>,
     states: DashMap<TopicPartition, Arc<Mutex<Snapshot>>>,
@@ -224,27 +229,6 @@ impl Shared {
         if let Pending::Batch { records, .. } = item {
             self.budget.release(records.len());
         }
-    }
-
-    fn snapshot(&self) -> Checkpoint {
-        let id = self.identity.peek();
-        let partitions = self
-            .progress
-            .iter()
-            .map(|e| PartitionCheckpoint {
-                topic: e.key().topic.to_string(),
-                partition: e.key().partition,
-                offset: e.offset,
-                producer_id: e.producer_id,
-                producer_epoch: e.producer_epoch,
-                next_sequence: e.next_sequence,
-            })
-            .collect();
-        Checkpoint::new(
-            id.map_or(-1, |i| i.producer_id),
-            id.map_or(-1, |i| i.epoch),
-            partitions,
-        )
     }
 }
 
@@ -309,6 +293,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
     };
     let progress = DashMap::new();
     let identity = IdentityCell::default();
+    let mut loaded_partitions = Vec::new();
     if let Some(dir) = &settings.state_dir {
         let dir = dir.clone();
         let loaded = tokio::task::spawn_blocking(move || Checkpoint::load(&dir))
@@ -341,6 +326,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
                 producer_id = cp.producer_id,
                 "replicator checkpoint loaded"
             );
+            loaded_partitions = cp.partitions;
         }
     }
     let shared = Arc::new(Shared {
@@ -353,6 +339,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         identity,
         progress,
         progress_version: AtomicU64::new(0),
+        durable: durable::Durability::new(&loaded_partitions),
         committed: Notify::new(),
         workers: DashMap::new(),
         states: DashMap::new(),
@@ -381,7 +368,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
     }
     let checkpoint_stop = CancellationToken::new();
     let checkpoint_task = shared.settings.state_dir.clone().map(|dir| {
-        tokio::spawn(checkpoint_loop(
+        tokio::spawn(durable::checkpoint_loop(
             shared.clone(),
             dir,
             checkpoint_stop.clone(),
@@ -439,56 +426,6 @@ fn topics_gauges(topic: &str, oldest_age: f64, lag_bytes: u64) {
         .set(lag_bytes as f64);
 }
 
-async fn checkpoint_loop(sh: Arc<Shared>, dir: PathBuf, stop: CancellationToken) {
-    let mut written = u64::MAX;
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(sh.settings.checkpoint_interval) => {}
-            _ = stop.cancelled() => return,
-        }
-        let version = sh.progress_version.load(Ordering::Acquire);
-        if version == written {
-            continue;
-        }
-        match write_checkpoint(&sh, &dir).await {
-            Ok(()) => {
-                written = version;
-                if failing {
-                    tracing::info!("checkpoint written again");
-                    failing = false;
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::error!(error = %e, "cannot write the replicator checkpoint");
-                    failing = true;
-                }
-            }
-        }
-    }
-}
-
-async fn write_checkpoint(sh: &Shared, dir: &std::path::Path) -> anyhow::Result<()> {
-    let cp = sh.snapshot();
-    let dir = dir.to_path_buf();
-    let res = tokio::task::spawn_blocking(move || cp.store(&dir)).await;
-    match res {
-        Ok(Ok(())) => {
-            metrics::counter!("kafka_tee_checkpoint_writes_total").increment(1);
-            Ok(())
-        }
-        Ok(Err(e)) => {
-            metrics::counter!("kafka_tee_checkpoint_errors_total").increment(1);
-            Err(e.into())
-        }
-        Err(e) => {
-            metrics::counter!("kafka_tee_checkpoint_errors_total").increment(1);
-            Err(anyhow::anyhow!("checkpoint writer failed: {e}"))
-        }
-    }
-}
-
 impl Replicator {
     pub fn handle(&self) -> ReplicatorHandle {
         ReplicatorHandle {
@@ -513,7 +450,7 @@ impl Replicator {
     /// Writes the checkpoint now (no-op without `state.dir`).
     pub async fn write_checkpoint(&self) -> anyhow::Result<()> {
         match &self.shared.settings.state_dir {
-            Some(dir) => write_checkpoint(&self.shared, dir).await,
+            Some(dir) => durable::write_checkpoint(&self.shared, dir).await,
             None => Ok(()),
         }
     }
@@ -710,6 +647,22 @@ impl ReplicatorHandle {
         self.shared.progress.get(tp).map(|p| p.offset)
     }
 
+    /// Whether a restart would copy a batch DC1 acked at `base` on `tp` (always, when
+    /// no `state.dir` is kept: nothing survives a restart then).
+    pub fn start_is_durable(&self, tp: &TopicPartition, base: i64) -> bool {
+        self.shared.settings.state_dir.is_none() || self.shared.durable.covers(tp, base)
+    }
+
+    /// Records where each partition in `starts` (partition, acked base) must be resumed
+    /// and waits until a checkpoint saying so is on disk; false if it is not (a failed
+    /// write, or no write within a few seconds).
+    pub async fn make_starts_durable(&self, starts: Vec<(TopicPartition, i64)>) -> bool {
+        if self.shared.settings.state_dir.is_none() {
+            return true;
+        }
+        self.shared.make_starts_durable(starts).await
+    }
+
     /// Waits until DC2 holds `tp` up to `offset` (inclusive); false on timeout.
     pub async fn wait_replicated(
         &self,
@@ -746,5 +699,16 @@ impl crate::tee::capture::Sink for ReplicatorHandle {
         timeout: Duration,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(async move { ReplicatorHandle::wait_replicated(self, &tp, offset, timeout).await })
+    }
+
+    fn start_is_durable(&self, tp: &TopicPartition, base: i64) -> bool {
+        ReplicatorHandle::start_is_durable(self, tp, base)
+    }
+
+    fn make_starts_durable(
+        &self,
+        starts: Vec<(TopicPartition, i64)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(ReplicatorHandle::make_starts_durable(self, starts))
     }
 }
