@@ -3,8 +3,9 @@
 
 Real Tansu brokers and real clients. What a user sees must not change: every record
 arrives as produced, a Fetch through the proxy returns the very bytes DC1 sends, the
-tee still replicates large batches (it reads them, so they are not spliced), and a
-client that stops or leaves in the middle of a large frame affects nobody else.
+tee still replicates large batches (spliced to DC1 while it reads a copy, or read whole
+with `proxy.tee_splice` off), and a client that stops or leaves in the middle of a
+large frame affects nobody else.
 `kafka_tee_spliced_bytes_total` shows which path the bytes took.
 """
 
@@ -19,6 +20,7 @@ import pytest
 import harness
 import rawkafka
 from harness import HOST, unique
+from relay import Relay
 from teeutil import (assert_same_partitions, make_trecords, metric, produce_confluent,
                      read_count, write_config)
 
@@ -78,22 +80,86 @@ def test_kafka_python_reads_large_fetches_through_the_proxy(dc1, proxy):
     assert spliced(px, "response") > 0.8 * N * VALUE
 
 
-def test_tee_reads_large_batches_and_dc2_gets_them(dc1, dc2, proxy, tmp_path):
-    px = proxy(dc1.bootstrap, target=dc2.bootstrap, admin=True, state_dir=tmp_path / "st")
+@pytest.mark.parametrize("tee_splice", [True, False], ids=["tee-splice", "tee-read"])
+def test_tee_copies_large_batches_and_dc2_gets_them(dc1, dc2, proxy, tmp_path, tee_splice):
+    """With the tee on, large Produce requests go to DC1 through a pipe while the proxy
+    reads a copy (`proxy.tee_splice`, on by default) or are read whole (off); either
+    way DC2 gets every batch with DC1's records section byte for byte."""
+    cfg = write_config(tmp_path / "kt.toml", {"proxy": {"tee_splice": tee_splice}})
+    px = proxy(dc1.bootstrap, target=dc2.bootstrap, admin=True, state_dir=tmp_path / "st",
+               config=cfg)
     topic = unique("splice-tee")
     harness.create_topic(px.bootstrap, topic, partitions=PARTITIONS)
     out = produce_large(px.bootstrap, topic, "t")
     assert_same_partitions(out.acked, read_count(dc2.bootstrap, topic, N, timeout=60),
                            "DC2")
-    # The tee needs the batches, so Produce requests were read, not spliced...
-    assert spliced(px, "request") == 0
-    # ...and acks=0 requests, which the proxy rewrites to acks=1, are read too.
+    assert_same_partitions(out.acked, read_count(dc1.bootstrap, topic, N), "DC1")
+    for p in range(PARTITIONS):
+        b1 = rawkafka.read_batches(dc1.bootstrap, topic, p)
+        b2 = rawkafka.read_batches(dc2.bootstrap, topic, p)
+        assert [b.record_count for b in b1] == [b.record_count for b in b2], f"partition {p}"
+        for a, b in zip(b1, b2):
+            assert len(a.raw) > 65536, "batches too small to take the large-frame path"
+            assert b.records_section == a.records_section, \
+                f"partition {p}, DC1 offset {a.base_offset}: records section differs"
+    if tee_splice:
+        assert spliced(px, "request") > 0.8 * N * VALUE
+    else:
+        assert spliced(px, "request") == 0
+    # acks=0 requests, which the proxy rewrites to acks=1, are read whole.
+    before = spliced(px, "request")
     zero = produce_large(px.bootstrap, topic, "z", acks=0)
     assert len(read_count(dc2.bootstrap, topic, 2 * N, timeout=60)) == 2 * N, zero
-    assert spliced(px, "request") == 0
+    assert spliced(px, "request") == before
     # Fetch responses are still spliced with the tee on.
     assert len(read_count(px.bootstrap, topic, 2 * N)) == 2 * N
     assert spliced(px, "response") > 0.8 * 2 * N * VALUE
+
+
+def test_tee_refuses_an_unreadable_large_produce_before_dc1_has_it(dc1, dc2, proxy):
+    """A large Produce request whose body the tee cannot read is refused (the
+    connection closes) and DC1 never gets it whole, though most of it was already
+    spliced towards DC1. A relay between the proxy and DC1 counts the bytes."""
+    relay = Relay((HOST, int(dc1.bootstrap.rsplit(":", 1)[1]))).start()
+    try:
+        refused_before_the_end(dc1, dc2, proxy, relay)
+    finally:
+        relay.stop()
+
+
+def refused_before_the_end(dc1, dc2, proxy, relay: Relay):
+    px = proxy(f"{HOST}:{relay.port}", target=dc2.bootstrap, admin=True)
+    topic = unique("splice-bad")
+    harness.create_topic(dc1.bootstrap, topic, partitions=1)
+    size = 300_000
+    body = struct.pack(">hhi", -1, 1, 30000) + struct.pack(">i", 1)
+    body += struct.pack(">h", len(topic)) + topic.encode() + struct.pack(">i", 1)
+    # Partition 0 claims more record bytes than the frame holds.
+    body += struct.pack(">i", 0) + struct.pack(">i", size * 2)
+    frame = harness.encode_request(0, 3, 1, body)
+    frame += b"\x01" * (size - (len(frame) - 4))
+    frame = struct.pack(">i", size) + frame[4:]
+    s = socket.create_connection((HOST, px.port), timeout=10)
+    try:
+        s.sendall(frame)
+        answer = harness.wait_closed(s, 10)
+        assert answer is not None, "the proxy kept the connection open"
+        assert answer == b"", f"the proxy answered: {answer[:40]!r}"
+    finally:
+        s.close()
+    time.sleep(0.3)
+    # Spliced on as it came (the tee path), but never the last bytes.
+    assert size // 2 < relay.bytes_up < size + 4, \
+        f"{relay.bytes_up} of the request's {size + 4} bytes reached DC1"
+    assert spliced(px, "request") == 0, "the refused request was counted as forwarded"
+    # A good produce afterwards works, and DC1 holds only its records.
+    out = produce_confluent(px.bootstrap, topic, make_trecords(3, "ok", partitions=1))
+    assert len(out.acked) == 3
+    time.sleep(0.5)
+    got = read_count(dc1.bootstrap, topic, 3)
+    assert sorted(r.key for r in got) == sorted(r.key for r in out.acked), got
+    assert px.proc.poll() is None, "proxy died"
+    assert "refusing Produce request" in px.proc.log_text()
 
 
 def large_produce_head(size: int) -> bytes:

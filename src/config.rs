@@ -59,6 +59,10 @@ pub struct ProxyConfig {
     /// Produce requests with the tee off, Fetch responses) are moved between plaintext
     /// sockets with splice(2), without copying their bytes through the proxy. 0: off.
     pub splice_min_bytes: usize,
+    /// With the tee on, large Produce requests (from `splice_min_bytes`) are spliced to
+    /// DC1 while the proxy reads a copy with tee(2): one copy through the proxy's
+    /// memory instead of two. false: such requests are read whole and written out.
+    pub tee_splice: bool,
 }
 
 impl Default for ProxyConfig {
@@ -77,6 +81,7 @@ impl Default for ProxyConfig {
             shutdown_grace_ms: 10_000,
             worker_threads: 0,
             splice_min_bytes: 64 * 1024,
+            tee_splice: true,
         }
     }
 }

@@ -2,6 +2,9 @@
 //! with optional TLS termination.
 
 pub mod splice;
+pub mod tee;
+#[cfg(test)]
+mod testutil;
 pub mod tls;
 
 use std::sync::Arc;

@@ -4,7 +4,9 @@
 //!
 //! Used when the proxy has nothing to read in a frame past its head (plaintext on both
 //! sides, no rewrite, no capture): large Produce requests with the tee off and Fetch
-//! responses. Everywhere else frames are read whole.
+//! responses. `crate::net::tee` builds on these pipes to splice a frame while keeping
+//! a copy (large Produce requests with the tee on). Everywhere else frames are read
+//! whole.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -55,6 +57,19 @@ impl Pipe {
             capacity,
         })
     }
+
+    /// Bytes one fill may move.
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(super) fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    pub(super) fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
 }
 
 /// Pipes not in use. A pipe is taken for one frame and given back empty, so the
@@ -67,7 +82,7 @@ const MAX_IDLE_PIPES: usize = 32;
 
 /// An empty pipe: an idle one, or a new one; `None` when none can be had (out of
 /// descriptors).
-fn take_pipe() -> Option<Pipe> {
+pub(super) fn take_pipe() -> Option<Pipe> {
     let idle = IDLE_PIPES.lock().ok().and_then(|mut v| v.pop());
     if idle.is_some() {
         return idle;
@@ -82,7 +97,7 @@ fn take_pipe() -> Option<Pipe> {
 }
 
 /// Returns an empty pipe for reuse.
-fn give_back(pipe: Pipe) {
+pub(super) fn give_back(pipe: Pipe) {
     if let Ok(mut idle) = IDLE_PIPES.lock()
         && idle.len() < MAX_IDLE_PIPES
     {
@@ -294,7 +309,7 @@ pub async fn splice_exact(
 }
 
 /// One non-blocking splice(2) call.
-fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> io::Result<usize> {
+pub(super) fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> io::Result<usize> {
     // SAFETY: both descriptors are open for the duration of the call (borrowed from
     // live owners); null offsets are allowed for pipes and sockets.
     let n = unsafe {
@@ -313,28 +328,16 @@ fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::testutil::{assert_next_left_in, pair, pattern, send_body_then_next};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (a.expect("connect"), b.expect("accept").0)
-    }
 
     #[tokio::test]
     async fn moves_exactly_the_frame_and_leaves_the_rest() {
         // writer -> [from] proxy [to] -> reader
-        let (mut writer, from) = pair().await;
+        let (writer, from) = pair().await;
         let (to, mut reader) = pair().await;
-        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let sent = body.clone();
-        let send = tokio::spawn(async move {
-            writer.write_all(&sent).await.expect("write");
-            writer.write_all(b"next").await.expect("write");
-            writer
-        });
+        let body = pattern(3_000_000);
+        let send = send_body_then_next(writer, body.clone());
         let recv = tokio::spawn(async move {
             let mut got = vec![0u8; 3_000_000];
             reader.read_exact(&mut got).await.expect("read");
@@ -347,10 +350,7 @@ mod tests {
         assert!(recv.await.expect("join") == body);
         // The bytes after the frame stay in the source socket.
         let _writer = send.await.expect("join");
-        let mut rest = [0u8; 4];
-        let mut from = from;
-        from.read_exact(&mut rest).await.expect("rest");
-        assert_eq!(&rest, b"next");
+        assert_next_left_in(from).await;
     }
 
     #[tokio::test]

@@ -7,15 +7,16 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::rewrite;
-use super::session::{Action, InFlight, SessionContext, SessionError, count_request};
+use super::session::{Action, InFlight, SessionContext, SessionError, classify, count_request};
 use crate::net::splice::{Moved, TcpHalf, both_tcp, forward_body};
+use crate::net::tee::TeePipes;
 use crate::protocol::produce::produce_acks;
 use crate::protocol::{
     FrameCodec, FrameError, peek_request_header, read_rest, skip_rest, write_frame_head,
@@ -52,18 +53,16 @@ where
     W: AsyncWrite + TcpHalf + Unpin,
 {
     let stall = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
+    if tees(&head, ctx) && both_tcp(frames.get_ref(), upstream.get_ref()) {
+        let request = LargeRequest { size, head };
+        return tee_request(frames, upstream, fifo, request, ctx, addr).await;
+    }
     let action =
         splice_action(&head, ctx).filter(|_| both_tcp(frames.get_ref(), upstream.get_ref()));
     let (Some(action), Some(peek)) = (action, peek_request_header(&head)) else {
-        let frame = read_rest(frames.get_mut(), size, head, stall).await;
-        return frame
-            .map(Forwarded::Read)
-            .map_err(SessionError::ClientFrame);
+        return read_whole(frames, size, head, stall).await;
     };
-    let up_err = |e: std::io::Error| SessionError::Upstream {
-        addr: addr.to_owned(),
-        message: format!("write failed: {e}"),
-    };
+    let up_err = |e| write_failed(addr, e);
     count_request(&peek, size);
     let entry = InFlight::new(&peek, action);
     if fifo.send(entry).await.is_err() {
@@ -81,6 +80,91 @@ where
             Err(frame_error) => SessionError::ClientFrame(frame_error),
         })?;
     count_spliced(moved, "request");
+    Ok(Forwarded::Spliced)
+}
+
+/// Reads the rest of a large request, to be forwarded like any other.
+async fn read_whole<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    size: usize,
+    head: Bytes,
+    stall: Duration,
+) -> Result<Forwarded, SessionError> {
+    let frame = read_rest(frames.get_mut(), size, head, stall).await;
+    frame
+        .map(Forwarded::Read)
+        .map_err(SessionError::ClientFrame)
+}
+
+fn write_failed(addr: &str, e: std::io::Error) -> SessionError {
+    SessionError::Upstream {
+        addr: addr.to_owned(),
+        message: format!("write failed: {e}"),
+    }
+}
+
+/// Whether a large request is a Produce the tee must read that can still be spliced
+/// to DC1 (see `crate::net::tee`): acks=0 requests are rewritten, so they are read.
+fn tees(head: &Bytes, ctx: &SessionContext) -> bool {
+    ctx.capture.is_some()
+        && ctx.config.proxy.tee_splice
+        && peek_request_header(head).and_then(|p| p.key()) == Some(ApiKey::Produce)
+        && produce_acks(head).is_some_and(|acks| acks != 0)
+}
+
+/// A large Produce request with the tee on: its body goes to DC1 through a pipe while
+/// the proxy reads a copy (one copy instead of two). The request is classified (parsed
+/// for the tee) before its last bytes go out, so a request the tee refuses never
+/// reaches DC1 whole: the session ends and DC1 sees a cut frame.
+async fn tee_request<R, W>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    upstream: &mut BufWriter<W>,
+    fifo: &mpsc::Sender<InFlight>,
+    LargeRequest { size, head }: LargeRequest,
+    ctx: &SessionContext,
+    addr: &str,
+) -> Result<Forwarded, SessionError>
+where
+    R: AsyncRead + TcpHalf + Unpin,
+    W: AsyncWrite + TcpHalf + Unpin,
+{
+    let stall = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
+    let Some(mut pipes) = TeePipes::take() else {
+        return read_whole(frames, size, head, stall).await;
+    };
+    let up_err = |e| write_failed(addr, e);
+    write_frame_head(upstream, size, &head)
+        .await
+        .map_err(up_err)?;
+    upstream.flush().await.map_err(up_err)?;
+    let (Some(from), Some(to)) = (frames.get_ref().tcp(), upstream.get_ref().tcp()) else {
+        return Err(SessionError::Client("splice: socket lost".into()));
+    };
+    let mut body = BytesMut::with_capacity(size);
+    body.extend_from_slice(&head);
+    pipes
+        .copy_through(from, to, size - head.len(), &mut body, stall)
+        .await
+        .map_err(|e| match e.sink_failure() {
+            Ok((error, _)) => up_err(error),
+            Err(frame_error) => SessionError::ClientFrame(frame_error),
+        })?;
+    let frame = body.freeze();
+    let Some(peek) = peek_request_header(&frame) else {
+        return Err(SessionError::Client(
+            "Produce request without a header".into(),
+        ));
+    };
+    count_request(&peek, size);
+    // The frame classify returns is the one read (acks=0, the only rewrite, is not
+    // teed); what DC1 gets is what the pipe holds.
+    let (_, entry) = classify(frame, &peek, ctx)?;
+    if fifo.send(entry).await.is_err() {
+        return Ok(Forwarded::Closing);
+    }
+    pipes.release(to).await.map_err(up_err)?;
+    metrics::counter!("kafka_tee_spliced_bytes_total", "direction" => "request")
+        .increment((size - head.len()) as u64);
     Ok(Forwarded::Spliced)
 }
 

@@ -195,10 +195,10 @@ where
         max: ctx.config.proxy.max_frame_bytes,
         head_min: splice_min,
     };
-    // With the tee on, the large requests are Produce requests the tee reads whole:
-    // they are read straight into one buffer rather than offered for splicing.
+    // With the tee on, large requests are Produce requests the tee reads: offered for
+    // splicing with a copy (`proxy.tee_splice`), or read straight into one buffer.
     let requests_codec = FrameCodec {
-        head_min: splice_min.filter(|_| ctx.capture.is_none()),
+        head_min: splice_min.filter(|_| ctx.capture.is_none() || ctx.config.proxy.tee_splice),
         ..responses_codec
     };
     let (cr, ur) = (
@@ -374,7 +374,7 @@ fn has_complete_frame(buf: &[u8]) -> bool {
 
 /// Decides what a request's response will need, and rewrites the request if the tee
 /// must see a response the client did not ask for.
-fn classify(
+pub(super) fn classify(
     frame: Bytes,
     peek: &RequestHeaderPeek,
     ctx: &SessionContext,
