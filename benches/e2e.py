@@ -14,6 +14,8 @@ so that the noise of a shared machine falls on all of them alike:
   tee-remote    loadgen -> kafka-tee --target sink -> DC1: the tee on, with DC2's broker
                 not on this machine (a sink stands in for a DC2 in another data center,
                 so the second broker's CPU is not taken from the producer and DC1)
+  tee-remote-read  the same with proxy.tee_splice = false: Produce requests read whole
+                and written to DC1 rather than spliced while the tee reads a copy
   l4-relay      loadgen -> socat -> DC1' (a broker advertising the relay's port, so
                 every connection stays on the relay)
   tansu-proxy   loadgen -> tansu proxy -> DC1
@@ -60,7 +62,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benches" / "results"
 HOST = "127.0.0.1"
 
-THROUGHPUT_PATHS = ["direct", "tee-off", "tee-off-copy", "tee-on", "tee-remote", "l4-relay",
+THROUGHPUT_PATHS = ["direct", "tee-off", "tee-off-copy", "tee-on", "tee-remote",
+                    "tee-remote-read", "l4-relay",
                     "tansu-proxy"]
 SINK_PATHS = ["sink-tee", "sink-relay"]
 LATENCY_PATHS = ["direct", "tee-off", "tee-off-copy", "tee-on"]
@@ -409,14 +412,16 @@ class Topology:
         return p
 
     def kafka_tee(self, name: str, source: str, target: str | None = None,
-                  config: dict[str, int] | None = None) -> tuple[str, int]:
+                  config: dict[str, int | bool] | None = None) -> tuple[str, int]:
         """Starts kafka-tee; `config` holds [proxy] settings for a config file."""
         port = free_port()
         argv = [str(self.kt), "--listen", f"{HOST}:{port}", "--source", source, *self.kt_args]
         if config:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             path = self.state_dir / f"{name}.toml"
-            path.write_text("[proxy]\n" + "".join(f"{k} = {v}\n" for k, v in config.items()))
+            path.write_text("[proxy]\n" + "".join(
+                f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n"
+                for k, v in config.items()))
             argv += ["--config", str(path)]
         if target:
             d = self.state_dir / name
@@ -441,7 +446,8 @@ class Topology:
 
     def start(self, loadgen: Path, paths: set[str], partitions: int) -> None:
         need = lambda *names: any(n in paths for n in names)  # noqa: E731
-        if need("direct", "tee-off", "tee-off-copy", "tee-on", "tee-remote", "tansu-proxy"):
+        if need("direct", "tee-off", "tee-off-copy", "tee-on", "tee-remote", "tee-remote-read",
+                "tansu-proxy"):
             dc1 = self.tansu("dc1")
             self.bootstrap["direct"], self.backing["direct"] = dc1, [dc1]
             self.pid["direct"] = None
@@ -459,11 +465,17 @@ class Topology:
             addr, pid = self.kafka_tee("kafka-tee-on", dc1, self.dc2)
             self.bootstrap["tee-on"], self.backing["tee-on"], self.pid["tee-on"] = \
                 addr, [dc1, self.dc2], pid
-        if need("tee-remote"):
+        if need("tee-remote", "tee-remote-read"):
             remote = self.sink("sink-dc2", loadgen, partitions=partitions)
+        if need("tee-remote"):
             addr, pid = self.kafka_tee("kafka-tee-remote", dc1, remote)
             self.bootstrap["tee-remote"], self.backing["tee-remote"] = addr, [dc1]
             self.pid["tee-remote"] = pid
+        if need("tee-remote-read"):
+            addr, pid = self.kafka_tee("kafka-tee-remote-read", dc1, remote,
+                                       config={"tee_splice": False})
+            self.bootstrap["tee-remote-read"], self.backing["tee-remote-read"] = addr, [dc1]
+            self.pid["tee-remote-read"] = pid
         if need("l4-relay"):
             # A broker that advertises the relay's port: clients reconnect through it.
             rport = free_port()
@@ -936,6 +948,7 @@ def main() -> int:
         "tee-off/tee-off-copy": paired(runs, "tee-off", "tee-off-copy", rps),
         "tee-on/direct": paired(runs, "tee-on", "direct", rps),
         "tee-remote/direct": paired(runs, "tee-remote", "direct", rps),
+        "tee-remote/tee-remote-read": paired(runs, "tee-remote", "tee-remote-read", rps),
         "l4-relay/direct": paired(runs, "l4-relay", "direct", rps),
         "tansu-proxy/direct": paired(runs, "tansu-proxy", "direct", rps),
         "tee-off/tansu-proxy": paired(runs, "tee-off", "tansu-proxy", rps),
