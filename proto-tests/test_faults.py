@@ -442,6 +442,32 @@ def test_proxy_killed_before_any_periodic_checkpoint(dc1, dc2, proxy, tmp_path):
     print(f"duplicates: {chk.duplicates}")
 
 
+def test_failing_checkpoint_disk_does_not_hold_producers(dc1, dc2, proxy, tmp_path):
+    """The state directory becomes unwritable (replaced by a file) while the proxy runs:
+    a new partition's first ack cannot wait for its checkpoint, so it goes out anyway,
+    promptly, counted as unsaved; replication itself goes on."""
+    state = tmp_path / "state"
+    px = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=state, admin=True)
+    topic = new_topic(px, "fault-disk")
+    if state.exists():
+        state.rename(tmp_path / "state-gone")
+    state.write_text("not a directory\n")
+    t0 = time.monotonic()
+    sent = teeutil.produce_confluent(px.bootstrap, topic,
+                                     teeutil.make_trecords(30, "d0", partitions=PARTITIONS))
+    took = time.monotonic() - t0
+    assert sent.errors == [], sent.errors[:5]
+    assert len(sent.acked) == 30
+    assert took < 4, f"producing took {took:.1f}s: the acks waited for the failing disk"
+    assert metric(px, "kafka_tee_checkpoint_start_unsaved_total") >= 1
+    assert metric(px, "kafka_tee_checkpoint_errors_total") >= 1
+    keys = {r.key for r in sent.acked}
+    _, reached = read_until(dc2.bootstrap, topic, lambda r: keys <= set(r.keys), CATCH_UP)
+    assert reached is not None, "DC2 did not get the records"
+    assert "a crash now would not copy it" in px.proc.log_text()
+    print(f"\n[disk] 30 records acked in {took:.2f}s with the checkpoint failing")
+
+
 def test_tiny_memory_bound_reads_back_from_dc1(dc1, dc2, proxy, tmp_path):
     """max_pending_bytes = 1024: almost no batch fits in memory, so the replicator reads
     most of the data back from DC1 (catch-up)."""
