@@ -1309,3 +1309,60 @@ async fn offsets_never_handed_over_are_read_back() {
     rep.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_appended_past_the_last_push_are_copied_when_the_partition_is_idle() {
+    init_logging();
+    let dc1 = Broker::start("dc1f");
+    let dc2 = Broker::start("dc2f");
+    let state = tempdir("follow");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    src.create_topic("follow", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    let budget = Arc::new(Budget::new(1 << 20));
+    let mut cfg = config(&dc1, &dc2, &state);
+    cfg.replication.follow_interval_ms = 200;
+    let rep = replicator::start(&cfg, budget.clone())
+        .await
+        .expect("start");
+    let h = rep.handle();
+    let tp = TopicPartition {
+        topic: Arc::from("follow"),
+        partition: 0,
+    };
+    // Only the first batch is pushed. The next two reach DC1 with no push after them
+    // (a producer writing to DC1 directly, or answers that never came back), so no
+    // later item reveals them: the idle partition's look at DC1's end must.
+    let batches: Vec<Bytes> = (0..3)
+        .map(|i| batch(&format!("f{i}"), 3 + i, Compression::Lz4))
+        .collect();
+    let first = produce(&src, "follow", 0, &batches[0]).await;
+    push_batch(&h, &budget, &tp, first, &batches[0]);
+    assert!(
+        h.wait_replicated(
+            &tp,
+            last_offset(first, &batches[0]),
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    let mut end = 0;
+    for b in &batches[1..] {
+        let base = produce(&src, "follow", 0, b).await;
+        end = last_offset(base, b);
+    }
+    assert!(
+        h.wait_replicated(&tp, end, Duration::from_secs(20)).await,
+        "offsets DC1 appended after the last push never reached DC2"
+    );
+    let got = read_batches(&dst, "dc1.follow", 0).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|b| &b.bytes()[HEADER_LEN..]).collect();
+    let want: Vec<&[u8]> = batches.iter().map(|b| &b[HEADER_LEN..]).collect();
+    assert_eq!(payloads, want);
+    assert_eq!(budget.used(), 0);
+    assert!(verify(&dc1, &dc2, "follow").await.identical());
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -202,6 +202,40 @@ def dc1_record_count(dc1: harness.Broker, topic: str) -> int:
                if not b.control)
 
 
+def topic_with_records_in_dc2(px: harness.Proxy, dc2: harness.Broker,
+                              prefix: str) -> tuple[str, set[bytes]]:
+    """A new one-partition topic with 20 records produced through `px` and in DC2;
+    returns the topic and the records' keys."""
+    topic = unique(prefix)
+    harness.create_topic(px.bootstrap, topic, partitions=1)
+    before = teeutil.produce_confluent(px.bootstrap, topic,
+                                       teeutil.make_trecords(20, "before", partitions=1))
+    assert before.errors == []
+    with Reader(dc2.bootstrap, topic) as reader:
+        wait_dc2_has(reader, {r.key for r in before.acked}, CATCH_UP)
+    return topic, {r.key for r in before.acked}
+
+
+def send_orphans(px: harness.Proxy, dc1: harness.Broker, topic: str, tag: str,
+                 acks: int) -> tuple[socket.socket, list[bytes]]:
+    """Sends three Produce requests of 10 records each to partition 0 through `px` on a
+    raw connection, and waits until DC1 stores them (20 records were there before).
+    Returns the connection, still open, and the records' keys."""
+    orphans = [f"{tag}-{i}-{j}".encode() for i in range(3) for j in range(10)]
+    s = socket.create_connection((HOST, px.port))
+    for i in range(3):
+        batch = rawkafka.encode_batch([(k, b"v-" + k) for k in orphans[i * 10:i * 10 + 10]],
+                                      teeutil.TS_BASE + i)
+        s.sendall(rawkafka.produce_request_v3(100 + i, topic, 0, batch, acks=acks))
+    deadline = time.monotonic() + 10
+    while dc1_record_count(dc1, topic) < 50:
+        if time.monotonic() > deadline:
+            s.close()
+            raise AssertionError("DC1 never stored the 30 records")
+        time.sleep(0.1)
+    return s, orphans
+
+
 @pytest.mark.parametrize("acks", [1, 0])
 def test_client_reset_before_dc1_answers(relayed_dc1, dc2, proxy, tmp_path, acks):
     """A client sends Produce requests and its connection is reset before DC1's answers
@@ -210,37 +244,19 @@ def test_client_reset_before_dc1_answers(relayed_dc1, dc2, proxy, tmp_path, acks
     records on the same partition have been copied."""
     dc1, relay = relayed_dc1
     px = proxy(f"{HOST}:{relay.port}", target=dc2.bootstrap, state_dir=tmp_path / "state")
-    topic = unique(f"fault-reset-acks{acks}")
-    harness.create_topic(px.bootstrap, topic, partitions=1)
-    before = teeutil.produce_confluent(px.bootstrap, topic,
-                                       teeutil.make_trecords(20, "before", partitions=1))
-    assert before.errors == []
-    with Reader(dc2.bootstrap, topic) as reader:
-        wait_dc2_has(reader, {r.key for r in before.acked}, CATCH_UP)
-
+    topic, before = topic_with_records_in_dc2(px, dc2, f"fault-reset-acks{acks}")
     relay.set_delay(2.0, direction="down")
-    orphans = [f"reset-{i}-{j}".encode() for i in range(3) for j in range(10)]
-    s = socket.create_connection((HOST, px.port))
-    try:
-        for i in range(3):
-            batch = rawkafka.encode_batch([(k, b"v-" + k) for k in orphans[i * 10:i * 10 + 10]],
-                                          teeutil.TS_BASE + i)
-            s.sendall(rawkafka.produce_request_v3(100 + i, topic, 0, batch, acks=acks))
-        deadline = time.monotonic() + 10
-        while dc1_record_count(dc1, topic) < 50:
-            assert time.monotonic() < deadline, "DC1 never stored the 30 records"
-            time.sleep(0.1)
-    finally:
-        # Reset (RST), while DC1's answers are still on their way back.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
+    s, orphans = send_orphans(px, dc1, topic, "reset", acks)
+    # Reset (RST), while DC1's answers are still on their way back.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
     time.sleep(2.5)  # the delayed answers reach the proxy after the reset
     relay.set_delay(0.0)
 
     after = teeutil.produce_confluent(px.bootstrap, topic,
                                       teeutil.make_trecords(20, "after", partitions=1))
     assert after.errors == []
-    want = {r.key for r in before.acked} | set(orphans) | {r.key for r in after.acked}
+    want = before | set(orphans) | {r.key for r in after.acked}
     with Reader(dc2.bootstrap, topic) as reader:
         wait_dc2_has(reader, {r.key for r in after.acked}, CATCH_UP)
         deadline = time.monotonic() + 10
@@ -282,6 +298,58 @@ def test_dc1_link_cut_mid_stream(relayed_dc1, dc2, proxy, tmp_path):
                 and dc1_at.get(r.key) != (r.partition, r.offset))
     print(f"[dc1-cut] connections cut: {cut}; acks whose offset differs from DC1's "
           f"(Tansu): {wrong}")
+
+
+@pytest.mark.parametrize("follow_ms", [300, 0], ids=["follow", "follow-off"])
+def test_answers_lost_with_the_dc1_link_and_no_later_traffic(relayed_dc1, dc2, proxy,
+                                                              tmp_path, follow_ms):
+    """DC1 appends three Produce requests, but the link between the proxy and DC1 is cut
+    while their answers are on the way back (a relay delays them), so the proxy never
+    learns where DC1 put them, and nothing more is produced to the partition. With
+    `replication.follow_interval_ms` the idle partition's end in DC1 is looked up and
+    the 30 records reach DC2 (`verify` finds DC2 identical to DC1). With it off (0)
+    they stay missing until later traffic on the partition reveals them: shown here by
+    their absence, which is what the look at DC1's end fixes."""
+    dc1, relay = relayed_dc1
+    cfg = write_config(tmp_path / "tee.toml",
+                       {"replication": {"follow_interval_ms": follow_ms}})
+    px = proxy(f"{HOST}:{relay.port}", target=dc2.bootstrap, state_dir=tmp_path / "state",
+               config=cfg, admin=True)
+    topic, _ = topic_with_records_in_dc2(px, dc2, "fault-lost-answers")
+    relay.set_delay(3.0, direction="down")
+    s, orphans = send_orphans(px, dc1, topic, "lost", acks=1)
+    try:
+        cut = relay.cut()
+        assert cut > 0, "no DC1 connection was open to cut"
+        # The proxy lost DC1 mid-answer: it closes the client's connection unanswered.
+        assert harness.wait_closed(s, 10) == b"", "the proxy answered requests DC1 never answered"
+    finally:
+        s.close()
+    relay.set_delay(0.0)
+    cut_at = time.monotonic()
+
+    with Reader(dc2.bootstrap, topic) as reader:
+        if follow_ms:
+            took = wait_dc2_has(reader, set(orphans), 20)
+        else:
+            end = time.monotonic() + 4
+            while time.monotonic() < end:
+                reader.poll(0.3)
+            took = None
+        got = set(reader.keys)
+    v = teeutil.run_verify(dc1.bootstrap, dc2.bootstrap, [topic])
+    found = metric(px, "kafka_tee_follow_offsets_total")
+    print(f"\n[lost-answers follow={follow_ms}] DC2 holds {len(set(orphans) & got)} of the 30; "
+          f"offsets found in DC1 by the idle check: {found:.0f}; verify exit {v.returncode}")
+    if follow_ms:
+        print(f"[lost-answers] in DC2 {time.monotonic() - cut_at:.2f}s after the cut "
+              f"({took:.2f}s of reading)")
+        assert v.returncode == 0, v.stdout
+        assert found >= 30
+    else:
+        assert not set(orphans) & got, "records copied with the idle check off"
+        assert v.returncode != 0, "verify found DC2 complete although 30 records are missing"
+        assert found == 0
 
 
 # ---------------------------------------------------------------------- proxy faults

@@ -162,6 +162,64 @@ def test_parallel_producers_keep_dc1_order_in_dc2(tee):
     assert "verify: identical" in v.stdout, v.stdout
 
 
+def test_records_produced_straight_to_dc1_reach_dc2_too(tee):
+    """A producer that bypasses the proxy writes to partitions the proxy has carried
+    traffic for, and nothing more goes through the proxy afterwards. With the default
+    `replication.follow_interval_ms` the idle partitions' ends in DC1 are looked up, so
+    DC2 ends up holding every record, in DC1's order."""
+    topic = unique("tee-bypass")
+    harness.create_topic(tee.px.bootstrap, topic, partitions=2)
+    through = make_trecords(60, "proxy", partitions=2)
+    acked = expect_acked(through, teeutil.produce_confluent(tee.px.bootstrap, topic, through))
+    assert_dc1_and_dc2_hold(tee, topic, acked, "through the proxy")
+    direct = make_trecords(60, "direct", partitions=2)
+    res = teeutil.produce_confluent(tee.dc1.bootstrap, topic, direct,
+                                    **{"enable.idempotence": True})
+    want = sorted_by_offset(acked + expect_acked(direct, res))
+    assert_dc1_and_dc2_hold(tee, topic, want, "proxy, then a producer straight to DC1")
+
+
+def test_two_proxies_replicating_one_partition_are_reported(dc1, dc2, proxy, tmp_path):
+    """A deployment mistake: two kafka-tee instances with the same DC2 carry producers of
+    the same partition. Each copies what it carries and reads the other's records back
+    from DC1, so DC2 gets records twice. The replicator notices that DC2 put its batch
+    after offsets it did not write: counted and logged as an error."""
+    a = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "a", admin=True)
+    b = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "b", admin=True,
+              name="kafka-tee-b")
+    topic = unique("tee-two-proxies")
+    harness.create_topic(a.bootstrap, topic, partitions=1)
+    jumps = 'reason="foreign"'
+
+    def produce_via(px: harness.Proxy, tag: str) -> list[TRec]:
+        sent = make_trecords(20, tag, partitions=1)
+        acked = expect_acked(sent, teeutil.produce_confluent(px.bootstrap, topic, sent))
+        keys = {r.key for r in acked}
+        _, took = read_until(dc2.bootstrap, topic, lambda r: keys <= set(r.keys), DC2_WAIT,
+                             idle=0.2)
+        assert took is not None, f"DC2 never got the records produced through {tag}"
+        return acked
+
+    produce_via(a, "a1")
+    assert teeutil.metric(a, "kafka_tee_dc2_offset_jumps_total", jumps) == 0
+    # b copies its records at once; a reads them back from DC1 (a hole before its next
+    # batch, or its look at the idle partition's end) and copies them again, so a's
+    # writes no longer follow each other in DC2.
+    produce_via(b, "b1")
+    produce_via(a, "a2")
+    deadline = time.monotonic() + 15
+    while teeutil.metric(a, "kafka_tee_dc2_offset_jumps_total", jumps) == 0:
+        assert time.monotonic() < deadline, "DC2 written by two replicators, and nobody noticed"
+        time.sleep(0.2)
+    assert "something else writes to this DC2 partition" in a.proc.log_text()
+    v = run_verify(dc1.bootstrap, dc2.bootstrap, [topic])
+    print(f"\n[two proxies] offset jumps seen by a: "
+          f"{teeutil.metric(a, 'kafka_tee_dc2_offset_jumps_total', jumps):.0f}, by b: "
+          f"{teeutil.metric(b, 'kafka_tee_dc2_offset_jumps_total', jumps):.0f}; verify exit "
+          f"{v.returncode}")
+    assert v.returncode != 0, "verify found DC2 identical although it holds records twice"
+
+
 def test_verify_identical_then_names_extra_dc2_record(tee):
     topic = unique("tee-verify")
     harness.create_topic(tee.px.bootstrap, topic, partitions=2)

@@ -207,6 +207,12 @@ pub struct ReplicationConfig {
     pub sync_topics: Vec<String>,
     /// How often the checkpoint is written, in milliseconds.
     pub checkpoint_interval_ms: u64,
+    /// A partition with nothing to copy for this long, in milliseconds, has its end in
+    /// DC1 looked up: offsets DC1 holds that no acknowledgement through this proxy
+    /// showed (a producer that bypasses the proxy, a request whose answer never came
+    /// back) are read back and copied. The wait doubles while nothing is found, up to
+    /// a minute. 0: off (such offsets are copied only when later traffic shows them).
+    pub follow_interval_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -223,6 +229,7 @@ impl Default for ReplicationConfig {
             retry_backoff_max_ms: 5_000,
             sync_topics: Vec::new(),
             checkpoint_interval_ms: 1_000,
+            follow_interval_ms: 1_000,
         }
     }
 }

@@ -240,6 +240,12 @@ pub const METRICS: &[MetricDef] = &[
         "Time from DC1 acknowledging a batch (its hand-over to the replicator) to DC2 acknowledging it; one observation per batch counted by `kafka_tee_replicated_batches_total`.",
     ),
     def(
+        "kafka_tee_dc2_offset_jumps_total",
+        Counter,
+        &["topic", "reason"],
+        "Batches DC2 put somewhere other than right after the replicator's previous batch of the partition: reason=foreign (something else writes to the DC2 partition: another kafka-tee replicating the same DC1 partitions, or DC2 producers) or reason=rewound (the DC2 partition's offsets went back: its log lost or the topic recreated). Should stay 0.",
+    ),
+    def(
         "kafka_tee_dc2_errors_total",
         Counter,
         &["code"],
@@ -268,6 +274,12 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         &[],
         "Batches DC1 acknowledged that are not valid record batches and so cannot be replicated. Should stay 0.",
+    ),
+    def(
+        "kafka_tee_follow_offsets_total",
+        Counter,
+        &[],
+        "DC1 offsets found past what the proxy had seen acknowledged, when an idle partition's end was looked up (producers bypassing the proxy, answers that never came back, transaction markers); read back and copied (markers skipped).",
     ),
     def(
         "kafka_tee_catchup_gaps_total",

@@ -51,6 +51,8 @@ struct Settings {
     retry_backoff: Duration,
     retry_backoff_max: Duration,
     checkpoint_interval: Duration,
+    /// First wait before an idle partition's end in DC1 is looked up (None: never).
+    follow_interval: Option<Duration>,
     state_dir: Option<PathBuf>,
 }
 
@@ -289,6 +291,8 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         retry_backoff: Duration::from_millis(r.retry_backoff_ms.max(1)),
         retry_backoff_max: Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms)),
         checkpoint_interval: Duration::from_millis(r.checkpoint_interval_ms.max(10)),
+        follow_interval: (r.follow_interval_ms > 0)
+            .then(|| Duration::from_millis(r.follow_interval_ms.max(10))),
         state_dir: config.state.dir.clone(),
     };
     let progress = DashMap::new();

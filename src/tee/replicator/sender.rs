@@ -41,8 +41,9 @@ pub(super) struct Unit {
 /// What became of one batch.
 #[derive(Debug, Clone)]
 pub(super) enum UnitResult {
-    /// Written (or already written: DUPLICATE_SEQUENCE_NUMBER).
-    Acked,
+    /// Written (or already written: DUPLICATE_SEQUENCE_NUMBER), at `dc2_offset` in
+    /// DC2 when the broker said where (not for a duplicate).
+    Acked { dc2_offset: Option<i64> },
     /// The broker answered with an error for this partition.
     Rejected {
         error: ResponseError,
@@ -285,7 +286,12 @@ fn dispatch(outcome: Result<ProduceResponse, ClientError>, mut replies: Replies)
                 continue;
             };
             let result = match ResponseError::try_from_code(p.error_code) {
-                None | Some(ResponseError::DuplicateSequenceNumber) => UnitResult::Acked,
+                None => UnitResult::Acked {
+                    dc2_offset: (p.base_offset >= 0).then_some(p.base_offset),
+                },
+                Some(ResponseError::DuplicateSequenceNumber) => {
+                    UnitResult::Acked { dc2_offset: None }
+                }
                 Some(error) => UnitResult::Rejected {
                     error,
                     message: p.error_message.map(|m| m.to_string()).or_else(|| {

@@ -28,7 +28,7 @@ use super::queue::{PartitionQueue, item_range};
 use super::sender::{Unit, UnitResult};
 use super::topics::{GateContext, RECHECK, TopicGate, TopicStatus};
 use super::{Identity, Progress, Shared, Snapshot};
-use crate::client::{Backoff, is_metadata_error};
+use crate::client::{Backoff, IsolationLevel, is_metadata_error};
 use crate::tee::batch::RecordBatch;
 use crate::tee::{Pending, TopicPartition};
 
@@ -46,6 +46,9 @@ pub(super) fn add_seq(seq: i32, n: i32) -> i32 {
         seq + n
     }
 }
+
+/// Longest wait between two looks at an idle partition's end in DC1.
+const FOLLOW_MAX: Duration = Duration::from_secs(60);
 
 /// Entries kept per partition for replication latency and age; see `Worker::arrive`.
 const MAX_ARRIVALS: usize = 4096;
@@ -99,7 +102,7 @@ enum Class {
 
 fn classify(r: &UnitResult) -> Class {
     match r {
-        UnitResult::Acked => Class::Acked,
+        UnitResult::Acked { .. } => Class::Acked,
         UnitResult::Unknown { .. } => Class::Resend,
         UnitResult::Rejected { error, message } => match error {
             ResponseError::UnknownProducerId
@@ -185,6 +188,14 @@ pub(super) struct Worker {
     last_warn: Option<Instant>,
     /// The latest trouble, until the next batch gets through.
     trouble: Option<String>,
+    /// When an idle partition's end in DC1 is looked up next, and the wait after that
+    /// look if it finds nothing (doubling up to `FOLLOW_MAX`); see `follow_dc1`.
+    follow_at: Instant,
+    follow_every: Duration,
+    /// Where DC2 should put the replicator's next batch of this partition (right after
+    /// its last one), when known; see `check_dc2_offset`.
+    dc2_next: Option<i64>,
+    jump_warned: Option<Instant>,
     snapshot: Arc<std::sync::Mutex<Snapshot>>,
 }
 
@@ -209,6 +220,7 @@ impl Worker {
             state: "starting".into(),
         }));
         sh.states.insert(tp.clone(), snapshot.clone());
+        let follow_every = sh.settings.follow_interval.unwrap_or(FOLLOW_MAX);
         let catchup_backoff = Backoff::new(
             Duration::from_millis(50),
             sh.settings.retry_backoff_max.min(Duration::from_secs(1)),
@@ -242,6 +254,10 @@ impl Worker {
             ooo_strikes: 0,
             last_warn: None,
             trouble: None,
+            follow_at: Instant::now() + follow_every,
+            follow_every,
+            dc2_next: None,
+            jump_warned: None,
             snapshot,
             sh,
             tp,
@@ -309,7 +325,7 @@ impl Worker {
         };
         let hard = self.sh.hard_stop.clone();
         let end = tokio::select! {
-            e = dc1_end(&self.sh.dc1, &self.tp, expect) => e,
+            e = dc1_end(&self.sh.dc1, &self.tp, expect, IsolationLevel::ReadUncommitted) => e,
             _ = hard.cancelled() => return,
         };
         match end {
@@ -412,6 +428,10 @@ impl Worker {
     fn accept(&mut self, at: Instant, item: Pending) {
         let (first, last) = item_range(&item);
         let after_restart = self.expect.take().is_some();
+        if let Some(every) = self.sh.settings.follow_interval {
+            self.follow_every = every;
+            self.follow_at = Instant::now() + every;
+        }
         // Offsets skipped between two items (or since the checkpoint) were appended to
         // DC1 without reaching the replicator: a producer whose connection ended before
         // DC1 answered, a transaction marker, an aborted transaction, a producer that
@@ -799,9 +819,9 @@ impl Worker {
                 if let Some(front) = self.inflight.front_mut() {
                     front.rx = None;
                 }
-                if matches!(r, UnitResult::Acked) {
+                if let UnitResult::Acked { dc2_offset } = r {
                     if let Some(s) = self.inflight.pop_front() {
-                        self.commit(s.ready, s.seq);
+                        self.commit(s.ready, s.seq, dc2_offset);
                     }
                     return;
                 }
@@ -825,7 +845,7 @@ impl Worker {
                     UnitResult::Unknown { reason, .. } => {
                         format!("no DC2 answer for a batch of {}: {reason}", self.tp)
                     }
-                    UnitResult::Acked => String::new(),
+                    UnitResult::Acked { .. } => String::new(),
                 };
                 let mut results = self.settle().await;
                 if let Some(first) = results.first_mut() {
@@ -898,7 +918,7 @@ impl Worker {
                         ResponseError::UnknownTopicOrPartition | ResponseError::UnknownProducerId
                     );
                 }
-                UnitResult::Acked => {}
+                UnitResult::Acked { .. } => {}
             }
             let class = match class {
                 Class::Resend | Class::Renew if last_acked.is_some_and(|l| i < l) => {
@@ -913,7 +933,13 @@ impl Worker {
                 c => c,
             };
             match class {
-                Class::Acked if keep.is_empty() => self.commit(s.ready, s.seq),
+                Class::Acked if keep.is_empty() => {
+                    let dc2_offset = match result {
+                        UnitResult::Acked { dc2_offset } => dc2_offset,
+                        _ => None,
+                    };
+                    self.commit(s.ready, s.seq, dc2_offset);
+                }
                 Class::Acked | Class::Resend => {
                     s.rx = None;
                     keep.push_back(s);
@@ -959,7 +985,8 @@ impl Worker {
         }
     }
 
-    fn commit(&mut self, ready: Ready, seq: i32) {
+    fn commit(&mut self, ready: Ready, seq: i32, dc2_offset: Option<i64>) {
+        self.check_dc2_offset(dc2_offset, i64::from(ready.span()));
         let pushed_at = self
             .arrivals
             .iter()
@@ -981,6 +1008,49 @@ impl Worker {
         self.backoff.reset();
         self.trouble = None;
         self.publish();
+    }
+
+    /// Compares where DC2 put a batch with where the replicator's previous batch ended.
+    /// Between two of its own batches nobody else should write to the DC2 partition:
+    /// if someone does (a second kafka-tee replicating the same DC1 partitions, DC2
+    /// producers writing to a replicated topic), DC2 holds records twice or interleaved
+    /// with others. That, and a DC2 partition whose offsets went back (its log lost or
+    /// the topic recreated), is logged loudly and counted. The next expected offset is
+    /// unknown after a batch whose DC2 offset was not reported.
+    fn check_dc2_offset(&mut self, dc2_offset: Option<i64>, span: i64) {
+        if let (Some(want), Some(got)) = (self.dc2_next, dc2_offset)
+            && got != want
+        {
+            let reason = if got > want { "foreign" } else { "rewound" };
+            metrics::counter!("kafka_tee_dc2_offset_jumps_total", "topic" => self.tp.topic.to_string(), "reason" => reason)
+                .increment(1);
+            let now = Instant::now();
+            if self
+                .jump_warned
+                .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
+            {
+                self.jump_warned = Some(now);
+                if got > want {
+                    tracing::error!(
+                        partition = %self.tp, dc2_topic = %self.dc2_topic, expected = want, got,
+                        "something else writes to this DC2 partition: DC2 put a batch after \
+                         offsets the replicator did not write (another kafka-tee replicating \
+                         the same DC1 partitions, or producers writing to the DC2 topic), so \
+                         DC2 holds records twice or mixed with others. Replicate each DC1 \
+                         partition through one kafka-tee, and keep DC2 producers off \
+                         replicated topics (replication.topic_prefix)"
+                    );
+                } else {
+                    tracing::error!(
+                        partition = %self.tp, dc2_topic = %self.dc2_topic, expected = want, got,
+                        "this DC2 partition's offsets went back (its log was lost or \
+                         truncated, or the topic recreated): records DC2 acknowledged \
+                         before are gone from it"
+                    );
+                }
+            }
+        }
+        self.dc2_next = dc2_offset.map(|o| o.saturating_add(span));
     }
 
     fn drop_batch(
@@ -1099,6 +1169,9 @@ impl Worker {
         self.report();
         let hard = self.sh.hard_stop.clone();
         let draining = self.sh.draining.clone();
+        let follow = self.sh.settings.follow_interval.is_some()
+            && self.pushed_upto.is_some()
+            && !draining.is_cancelled();
         tokio::select! {
             item = self.rx.recv(), if self.rx_open => match item {
                 Some((at, i)) => self.accept(at, i),
@@ -1107,7 +1180,58 @@ impl Worker {
             // Wakes up once so the run loop sees the drain and checks `finished`.
             _ = draining.cancelled(), if !draining.is_cancelled() => {}
             _ = hard.cancelled() => {}
+            _ = tokio::time::sleep_until(self.follow_at.into()), if follow => self.follow_dc1().await,
         }
+    }
+
+    /// Looks up the partition's end in DC1 while nothing is left to copy. Offsets past
+    /// the highest one handed over were appended without this proxy seeing their
+    /// acknowledgement: a producer that bypasses the proxy, or a request whose answer
+    /// never came back (DC1's link cut, the client gone). They become a gap, read back
+    /// and copied, so DC2 does not wait for later traffic to reveal them.
+    ///
+    /// The end is DC1's last stable offset, so an open transaction (whose batches the
+    /// capture may be holding) is not read back before it ends. A batch acknowledged
+    /// through the proxy but not yet handed over when the end was read is covered by
+    /// the gap; when it arrives it is below `sent_upto` and skipped, so it is not
+    /// copied twice.
+    async fn follow_dc1(&mut self) {
+        // Items that arrived meanwhile are taken in first: they may already cover the
+        // offsets, and the run loop copies them.
+        let before = self.pushed_upto;
+        self.drain_input();
+        let Some(seen) = self.pushed_upto else {
+            return;
+        };
+        if before != Some(seen) {
+            return;
+        }
+        let from = seen.saturating_add(1);
+        let hard = self.sh.hard_stop.clone();
+        let end = tokio::select! {
+            e = dc1_end(&self.sh.dc1, &self.tp, from, IsolationLevel::ReadCommitted) => e,
+            _ = hard.cancelled() => return,
+        };
+        let base = self.sh.settings.follow_interval.unwrap_or(FOLLOW_MAX);
+        match end {
+            Ok(end) if end > from => {
+                // Debug only: a transaction's marker, never handed over, is found this
+                // way after every transaction (and skipped by the read).
+                tracing::debug!(
+                    partition = %self.tp, from, to = end - 1,
+                    "DC1 holds offsets no acknowledgement through this proxy showed; reading them back"
+                );
+                metrics::counter!("kafka_tee_follow_offsets_total").increment((end - from) as u64);
+                self.accept(Instant::now(), Pending::Gap { from, to: end - 1 });
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(partition = %self.tp, error = %e, "cannot read the end of the partition in DC1");
+            }
+        }
+        self.follow_every = (self.follow_every * 2).clamp(base, FOLLOW_MAX.max(base));
+        self.follow_at = Instant::now() + self.follow_every;
     }
 
     fn warn_limited(&mut self, what: &str) {
@@ -1142,32 +1266,40 @@ impl Worker {
     }
 }
 
-/// The offset after the last one DC1 has for a partition (its high watermark, from a
-/// Fetch: Tansu's ListOffsets "latest" is not reliable), read from `from`.
+/// The offset after the last one DC1 has for a partition, read from `from` with a
+/// Fetch (Tansu's ListOffsets "latest" is not reliable): the high watermark, or with
+/// read_committed the last stable offset (where an open transaction begins) when the
+/// broker reports it.
 async fn dc1_end(
     dc1: &crate::client::Client,
     tp: &TopicPartition,
     from: i64,
+    isolation: IsolationLevel,
 ) -> Result<i64, crate::client::ClientError> {
     let at = |offset| {
         dc1.fetch(
             &tp.topic,
             tp.partition,
             offset,
-            1024 * 1024,
+            // Only the offsets are wanted; a broker still returns one batch.
+            1,
             // Tansu 0.6 answers a fetch with no wait at all without the partition.
             Duration::from_millis(50),
-            crate::client::IsolationLevel::ReadUncommitted,
+            isolation,
         )
     };
+    let end = |f: crate::client::FetchedPartition| match isolation {
+        IsolationLevel::ReadCommitted if f.last_stable_offset >= 0 => f.last_stable_offset,
+        _ => f.high_watermark,
+    };
     match at(from).await {
-        Ok(f) => Ok(f.high_watermark),
+        Ok(f) => Ok(end(f)),
         Err(e) if e.kafka_error() == Some(ResponseError::OffsetOutOfRange) => {
             let start = dc1
                 .list_offset(&tp.topic, tp.partition, crate::client::EARLIEST)
                 .await?;
             if from < start {
-                Ok(at(start).await?.high_watermark)
+                Ok(end(at(start).await?))
             } else {
                 // Past DC1's end: nothing to resume.
                 Ok(from)
@@ -1196,7 +1328,12 @@ mod tests {
             error,
             message: None,
         };
-        assert!(matches!(classify(&UnitResult::Acked), Class::Acked));
+        assert!(matches!(
+            classify(&UnitResult::Acked {
+                dc2_offset: Some(0)
+            }),
+            Class::Acked
+        ));
         assert!(matches!(
             classify(&rej(ResponseError::NotLeaderOrFollower)),
             Class::Resend
