@@ -373,6 +373,28 @@ impl Config {
             }
         }
         let r = &self.replication;
+        // Longer waits are mistakes, and deadlines computed from them must not overflow.
+        const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+        for (field, v) in [
+            ("proxy.connect_timeout_ms", p.connect_timeout_ms),
+            ("proxy.idle_timeout_ms", p.idle_timeout_ms),
+            ("proxy.frame_read_timeout_ms", p.frame_read_timeout_ms),
+            ("proxy.shutdown_grace_ms", p.shutdown_grace_ms),
+            ("replication.request_timeout_ms", r.request_timeout_ms),
+            ("replication.retry_backoff_ms", r.retry_backoff_ms),
+            ("replication.retry_backoff_max_ms", r.retry_backoff_max_ms),
+            (
+                "replication.checkpoint_interval_ms",
+                r.checkpoint_interval_ms,
+            ),
+            ("replication.follow_interval_ms", r.follow_interval_ms),
+            ("tls.reload_interval_ms", self.tls.reload_interval_ms),
+            ("tls.handshake_timeout_ms", self.tls.handshake_timeout_ms),
+        ] {
+            if v > DAY_MS {
+                problems.push(format!("{field}: {v} is more than a day ({DAY_MS} ms)"));
+            }
+        }
         if !(1..=5).contains(&r.max_in_flight_per_partition) {
             problems.push(format!(
                 "replication.max_in_flight_per_partition: {} is outside 1..=5",
@@ -516,12 +538,16 @@ mod tests {
         cfg.proxy.listen = "nope".into();
         cfg.replication.max_in_flight_per_partition = 9;
         cfg.replication.include = vec!["(".into()];
+        cfg.replication.follow_interval_ms = u64::MAX;
+        cfg.proxy.idle_timeout_ms = u64::MAX;
         let err = cfg.validate().unwrap_err().to_string();
         for needle in [
             "proxy.listen",
             "source.bootstrap",
             "max_in_flight_per_partition",
             "replication.include",
+            "replication.follow_interval_ms: 18446744073709551615 is more than a day",
+            "proxy.idle_timeout_ms: 18446744073709551615 is more than a day",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
