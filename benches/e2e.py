@@ -23,7 +23,8 @@ so that the noise of a shared machine falls on all of them alike:
   sink-relay    loadgen -> socat -> sink
 
 then a latency run at half of direct's median peak rate (direct, tee-off, tee-off-copy,
-tee-on).
+tee-on), and one long run per tee path at full rate (--sustained seconds: tee-remote,
+tee-on) with the proxy's RSS sampled every second, to see whether memory stays flat.
 It prints a table of medians and ratios to direct, and writes
 benches/results/latest.json, latest.md and throughput.svg.
 
@@ -67,6 +68,7 @@ THROUGHPUT_PATHS = ["direct", "tee-off", "tee-off-copy", "tee-on", "tee-remote",
                     "tansu-proxy"]
 SINK_PATHS = ["sink-tee", "sink-relay"]
 LATENCY_PATHS = ["direct", "tee-off", "tee-off-copy", "tee-on"]
+SUSTAINED_PATHS = ["tee-remote", "tee-on"]
 
 
 def log(msg: str) -> None:
@@ -295,12 +297,18 @@ class Sampler:
     def __init__(self, pid: int | None):
         self.pid, self.peak, self._stop = pid, 0, threading.Event()
         self.child_cpu: dict[int, float] = {}
+        # (seconds since start, RSS KiB), about one per second.
+        self.timeline: list[tuple[float, int]] = []
+        self._t0 = time.monotonic()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _tick(self):
         kids = children_of(self.pid)
         rss = (rss_kib(self.pid) or 0) + sum(rss_kib(k) or 0 for k in kids)
         self.peak = max(self.peak, rss)
+        t = time.monotonic() - self._t0
+        if not self.timeline or t - self.timeline[-1][0] >= 1.0:
+            self.timeline.append((round(t, 1), rss))
         for k in kids:
             c = cpu_seconds(k)
             if c is not None:
@@ -510,9 +518,10 @@ class Topology:
 
 
 def run_load(loadgen: Path, topo: Topology, path: str, topic: str, args, rate: int = 0,
-             procs: Procs | None = None) -> dict:
+             procs: Procs | None = None, duration: float | None = None) -> dict:
+    duration = args.duration if duration is None else duration
     argv = [str(loadgen), "--bootstrap", topo.bootstrap[path], "--topic", topic,
-            "--record-size", str(args.record_size), "--duration", str(args.duration),
+            "--record-size", str(args.record_size), "--duration", str(duration),
             "--warmup", str(args.warmup), "--producers", str(args.producers),
             "--partitions", str(args.partitions), "--rate", str(rate),
             "--compression", args.compression, "--acks", args.acks, "--label", path]
@@ -528,7 +537,7 @@ def run_load(loadgen: Path, topo: Topology, path: str, topic: str, args, rate: i
     t0 = time.monotonic()
     with Sampler(pid) as sampler:
         p = subprocess.run(argv, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=args.duration + args.warmup + 180)
+                           timeout=duration + args.warmup + 180)
     wall = time.monotonic() - t0
     busy = busy_cores_seconds() - busy0
     cpu = {name: (cpu_seconds(x) or 0.0) - cpu0[name] for name, x in ours.items()}
@@ -548,6 +557,7 @@ def run_load(loadgen: Path, topo: Topology, path: str, topic: str, args, rate: i
     if pid:
         res["proxy_peak_rss_mib"] = round(sampler.peak / 1024, 1)
         res["proxy_hwm_mib"] = round((rss_kib(pid, "VmHWM") or 0) / 1024, 1)
+        res["proxy_rss_mib_timeline"] = [(t, round(k / 1024, 1)) for t, k in sampler.timeline]
         res["proxy_cpu_s"] = round(cpu[measured], 3)
         res["proxy_cpu_us_per_record"] = round(1e6 * cpu[measured] / acked, 3)
     res["wall_s"] = round(wall, 2)
@@ -593,6 +603,25 @@ def summarize(runs: list[dict], paths: list[str]) -> dict:
                 name: med([r["cpu_us_per_record"].get(name) for r in rs])
                 for name in sorted({n for r in rs for n in r.get("cpu_us_per_record", {})})
             },
+        }
+    return out
+
+
+def summarize_sustained(runs: list[dict]) -> dict:
+    """Per path: the proxy's RSS over the long run, and its peak in each half."""
+    out = {}
+    for r in runs:
+        tl = r.get("proxy_rss_mib_timeline") or []
+        if not tl:
+            continue
+        mid = tl[-1][0] / 2
+        out[r["path"]] = {
+            "seconds": r["sustained_s"],
+            "records_per_s": r["records_per_s"],
+            "dc2_catchup_s": r.get("dc2_catchup_s"),
+            "rss_mib_first_half_max": max(m for t, m in tl if t <= mid),
+            "rss_mib_second_half_max": max((m for t, m in tl if t > mid), default=None),
+            "rss_mib_timeline": tl,
         }
     return out
 
@@ -716,6 +745,19 @@ def table(result: dict) -> str:
                         f"{fmt(r['p999_ms'], '.2f')} | "
                         f"{fmt(added, '+.2f') if path != 'direct' else '-'} | "
                         f"{fmt(r['dc2_catchup_s'], '.3f')} | {fmt(r['foreign_cores'], '.2f')} |")
+    sus = result.get("sustained") or {}
+    if sus:
+        rows += ["", "| sustained load, full rate | seconds | records/s | proxy RSS MiB at "
+                 "1/4, 1/2, 3/4, end | max RSS MiB, first half | max RSS MiB, second half | "
+                 "DC2 catch-up s |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for path, r in sus.items():
+            tl = r["rss_mib_timeline"]
+            at = [tl[min(len(tl) - 1, int(len(tl) * q))][1] for q in (0.25, 0.5, 0.75, 1.0)]
+            rows.append(f"| {path} | {fmt(r['seconds'])} | {fmt(r['records_per_s'])} | "
+                        f"{', '.join(fmt(a, '.1f') for a in at)} | "
+                        f"{fmt(r['rss_mib_first_half_max'], '.1f')} | "
+                        f"{fmt(r['rss_mib_second_half_max'], '.1f')} | "
+                        f"{fmt(r['dc2_catchup_s'], '.3f')} |")
     return "\n".join(rows)
 
 
@@ -756,6 +798,11 @@ def targets(result: dict) -> list[dict]:
             growth = hw[-1] - hw[0]
             add(f"memory flat ({path}: VmHWM growth after round 1, MiB)", growth,
                 "<= 16 MiB", growth <= 16)
+    for path, r in (result.get("sustained") or {}).items():
+        a, b = r["rss_mib_first_half_max"], r["rss_mib_second_half_max"]
+        if a is not None and b is not None:
+            add(f"memory flat ({path}: {r['seconds']:.0f} s sustained, peak RSS growth "
+                "from the first half to the second, MiB)", b - a, "<= 16 MiB", b - a <= 16)
     return out
 
 
@@ -836,6 +883,8 @@ def main() -> int:
                     help="second latency run at this fraction of direct's peak (0: none)")
     ap.add_argument("--skip-build", action="store_true",
                     help="use the existing target/release/kafka-tee")
+    ap.add_argument("--sustained", type=float, default=60.0,
+                    help="seconds of the long full-rate run per tee path (0: none)")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke test)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     ap.add_argument("--relay", nargs=2, metavar=("PORT", "TARGET"), help=argparse.SUPPRESS)
@@ -845,6 +894,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 0.5
+        args.sustained = min(args.sustained, 6.0)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = set(paths) - set(THROUGHPUT_PATHS + SINK_PATHS)
     if unknown:
@@ -865,6 +915,7 @@ def main() -> int:
     runs: list[dict] = []
     lat_runs: list[dict] = []
     light_runs: list[dict] = []
+    sustained_runs: list[dict] = []
     latency_rate = light_rate = None
     try:
         topo = Topology(procs, kt, socat, work / "state", args.kafka_tee_arg)
@@ -910,6 +961,15 @@ def main() -> int:
                             f"{r['latency_ms']['p99']:.2f} p99.9 "
                             f"{r['latency_ms']['p999']:.2f} ms; "
                             f"other load {r['foreign_cores']:.2f} cores")
+        for path in [p for p in SUSTAINED_PATHS if p in paths] if args.sustained > 0 else []:
+            topic = f"bench-sustained-{path}-{random.randrange(1 << 30):x}"
+            r = run_load(loadgen, topo, path, topic, args, duration=args.sustained)
+            r["sustained_s"] = args.sustained
+            sustained_runs.append(r)
+            tl = r.get("proxy_rss_mib_timeline") or [(0, None)]
+            log(f"sustained {path:10s} {args.sustained:.0f} s: {r['records_per_s']:>9.0f} "
+                f"rec/s, proxy RSS {fmt(tl[0][1], '.1f')} -> max "
+                f"{fmt(max((m or 0) for _, m in tl), '.1f')} -> end {fmt(tl[-1][1], '.1f')} MiB")
         final_hwm = {p: round((rss_kib(pid, "VmHWM") or 0) / 1024, 1)
                      for p, pid in topo.pid.items() if pid}
     except KeyboardInterrupt as e:
@@ -933,9 +993,10 @@ def main() -> int:
         "latency": summarize(lat_runs, LATENCY_PATHS),
         "light_rate": light_rate,
         "latency_light": summarize(light_runs, LATENCY_PATHS),
+        "sustained": summarize_sustained(sustained_runs),
         "proxy_idle_rss_mib": idle,
         "proxy_final_hwm_mib": final_hwm,
-        "runs": runs + lat_runs + light_runs,
+        "runs": runs + lat_runs + light_runs + sustained_runs,
         "duration_s": round(time.monotonic() - started, 1),
     }
     rps = lambda r: r["records_per_s"]  # noqa: E731
