@@ -430,7 +430,7 @@ impl Worker {
         let after_restart = self.expect.take().is_some();
         if let Some(every) = self.sh.settings.follow_interval {
             self.follow_every = every;
-            self.follow_at = Instant::now() + every;
+            self.follow_at = at + every;
         }
         // Offsets skipped between two items (or since the checkpoint) were appended to
         // DC1 without reaching the replicator: a producer whose connection ended before
