@@ -28,7 +28,7 @@ tee-on) with the proxy's RSS sampled every second, to see whether memory stays f
 It prints a table of medians and ratios to direct, and writes
 benches/results/latest.json, latest.md and throughput.svg.
 
-  python3 benches/e2e.py            # full run (5 rounds): about 6 minutes on 2 cores, plus the build
+  python3 benches/e2e.py            # full run (5 rounds): about 10 minutes on 2 cores, plus the build
   python3 benches/e2e.py --quick    # smoke test: 1 round of 2 s each
 
 Every process is started by this script and stopped by pid when it ends, also on error
