@@ -352,6 +352,33 @@ def test_answers_lost_with_the_dc1_link_and_no_later_traffic(relayed_dc1, dc2, p
         assert found == 0
 
 
+def test_dc2_that_lost_its_log_is_reported(dc1, dc2, proxy, tmp_path, logdir, request):
+    """DC2's broker is replaced by an empty one on the same address (in-memory storage:
+    like a DC2 cluster rebuilt from nothing). The records DC2 had acknowledged are gone
+    from it, which no answer of DC2's says; but the replicator sees DC2 put its next
+    batch at offset 0 where its previous one had ended, and reports it as an error
+    (kafka_tee_dc2_offset_jumps_total, reason=rewound)."""
+    px = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "state",
+               admin=True)
+    topic, _ = topic_with_records_in_dc2(px, dc2, "fault-dc2-rewound")
+    rewound = 'reason="rewound"'
+    assert metric(px, "kafka_tee_dc2_offset_jumps_total", rewound) == 0
+    dc2.proc.signal(signal.SIGKILL)
+    dc2.proc.wait(timeout=10)
+    fresh = teeutil.start_tansu_at("dc2", logdir, int(dc2.bootstrap.rsplit(":", 1)[1]))
+    teeutil.register(request, fresh.proc)
+    after = teeutil.produce_confluent(px.bootstrap, topic,
+                                      teeutil.make_trecords(20, "after", partitions=1))
+    assert after.errors == []
+    with Reader(fresh.bootstrap, topic) as reader:
+        wait_dc2_has(reader, {r.key for r in after.acked}, CATCH_UP)
+    deadline = time.monotonic() + 10
+    while metric(px, "kafka_tee_dc2_offset_jumps_total", rewound) == 0:
+        assert time.monotonic() < deadline, "DC2 lost 20 acknowledged records unnoticed"
+        time.sleep(0.2)
+    assert "offsets went back" in px.proc.log_text()
+
+
 # ---------------------------------------------------------------------- proxy faults
 
 
