@@ -379,6 +379,38 @@ def test_dc2_that_lost_its_log_is_reported(dc1, dc2, proxy, tmp_path, logdir, re
     assert "offsets went back" in px.proc.log_text()
 
 
+def test_producer_straight_to_dc1_alongside_the_proxy(dc1, dc2, proxy, tmp_path):
+    """A producer through the proxy and one straight to DC1 write to the same partitions
+    at the same time. The proxy copies its own batches from memory and reads the other
+    producer's back from DC1 (the holes between its batches, then the look at DC1's end
+    once the partition is idle): DC2 must end up identical to DC1, every record once,
+    in DC1 order. The direct producer starts once the proxy's has records on every
+    partition, since a partition is replicated from the first batch acked through the
+    proxy."""
+    px = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "state")
+    topic = new_topic(px, "fault-mixed")
+    through = LoadProducer(px.bootstrap, topic, PARTITIONS, RATE, tag="proxy").start()
+    through.wait_acked(RATE // 2, timeout=30)
+    direct = LoadProducer(dc1.bootstrap, topic, PARTITIONS, RATE, tag="direct").start()
+    through.wait_acked(RATE * 4, timeout=30)
+    direct.wait_acked(RATE * 4, timeout=30)
+    acked = through.stop() + direct.stop()
+    assert through.errors == [] and direct.errors == [], (through.errors + direct.errors)[:5]
+    keys = {r.key for r in acked}
+    dc1_recs, _ = read_until(dc1.bootstrap, topic, lambda r: keys <= set(r.keys), 30,
+                             idle=1.0)
+    dc1_keys = {r.key for r in dc1_recs}
+    dc2_recs, took = read_until(dc2.bootstrap, topic, lambda r: dc1_keys <= set(r.keys),
+                                CATCH_UP, idle=1.5)
+    chk = check_replicated(acked, dc1_recs, dc2_recs)
+    v = teeutil.run_verify(dc1.bootstrap, dc2.bootstrap, [topic])
+    print(f"\n[mixed] {len(through.acked)} records through the proxy, {len(direct.acked)} "
+          f"straight to DC1; DC2 {chk.dc2_records} records, complete {took:.2f}s after "
+          f"the producers stopped; duplicates {chk.duplicates}; verify exit {v.returncode}")
+    assert chk.duplicates == 0
+    assert v.returncode == 0, v.stdout
+
+
 # ---------------------------------------------------------------------- proxy faults
 
 
