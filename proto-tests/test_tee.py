@@ -9,8 +9,10 @@ byte for byte (their compressed records section), and `kafka-tee verify` is run.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -212,6 +214,11 @@ def test_two_proxies_replicating_one_partition_are_reported(dc1, dc2, proxy, tmp
         assert time.monotonic() < deadline, "DC2 written by two replicators, and nobody noticed"
         time.sleep(0.2)
     assert "something else writes to this DC2 partition" in a.proc.log_text()
+    status = json.loads(urllib.request.urlopen(
+        f"http://{harness.HOST}:{a.admin_port}/status.json", timeout=5).read())
+    states = [row["state"] for row in status["replication"]["partitions"]
+              if row["topic"] == topic]
+    assert states and "DC2 partition written by something else" in states[0], states
     v = run_verify(dc1.bootstrap, dc2.bootstrap, [topic])
     print(f"\n[two proxies] offset jumps seen by a: "
           f"{teeutil.metric(a, 'kafka_tee_dc2_offset_jumps_total', jumps):.0f}, by b: "

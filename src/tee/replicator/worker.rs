@@ -47,6 +47,9 @@ pub(super) fn add_seq(seq: i32, n: i32) -> i32 {
     }
 }
 
+/// How long the state shown on the status page mentions a DC2 offset jump.
+const JUMP_SHOWN: Duration = Duration::from_secs(600);
+
 /// Longest wait between two looks at an idle partition's end in DC1.
 const FOLLOW_MAX: Duration = Duration::from_secs(60);
 
@@ -196,6 +199,8 @@ pub(super) struct Worker {
     /// its last one), when known; see `check_dc2_offset`.
     dc2_next: Option<i64>,
     jump_warned: Option<Instant>,
+    /// The latest DC2 offset jump and what it means, for the status page.
+    last_jump: Option<(Instant, &'static str)>,
     snapshot: Arc<std::sync::Mutex<Snapshot>>,
 }
 
@@ -258,6 +263,7 @@ impl Worker {
             follow_every,
             dc2_next: None,
             jump_warned: None,
+            last_jump: None,
             snapshot,
             sh,
             tp,
@@ -379,6 +385,15 @@ impl Worker {
             _ if self.catchup.is_some() => "catching up".into(),
             _ if lag > 0 => "replicating".into(),
             _ => "in sync".into(),
+        };
+        let state = match self.last_jump {
+            Some((at, what)) if at.elapsed() < JUMP_SHOWN => {
+                format!(
+                    "{state}; {what} {} s ago (see the log)",
+                    at.elapsed().as_secs()
+                )
+            }
+            _ => state,
         };
         self.prune_arrivals();
         let lag_bytes = self.arrivals.iter().map(|a| a.bytes).sum::<u64>();
@@ -1022,6 +1037,12 @@ impl Worker {
             && got != want
         {
             let reason = if got > want { "foreign" } else { "rewound" };
+            let what = if got > want {
+                "DC2 partition written by something else"
+            } else {
+                "DC2 partition lost records it had acknowledged"
+            };
+            self.last_jump = Some((Instant::now(), what));
             metrics::counter!("kafka_tee_dc2_offset_jumps_total", "topic" => self.tp.topic.to_string(), "reason" => reason)
                 .increment(1);
             let now = Instant::now();
