@@ -213,6 +213,13 @@ pub struct ReplicationConfig {
     /// back) are read back and copied. The wait doubles while nothing is found, up to
     /// a minute. 0: off (such offsets are copied only when later traffic shows them).
     pub follow_interval_ms: u64,
+    /// kafka-tee instances that share the replication of one DC1 cluster (several, for
+    /// a proxy tier that survives one instance failing). Each replicates the partitions
+    /// a hash of topic and partition gives it and finds them in DC1's metadata, so
+    /// records produced through any instance reach DC2 once. Every instance needs the
+    /// same `instances` and its own `instance` (0-based) and state directory.
+    pub instances: u32,
+    pub instance: u32,
 }
 
 impl Default for ReplicationConfig {
@@ -230,6 +237,8 @@ impl Default for ReplicationConfig {
             sync_topics: Vec::new(),
             checkpoint_interval_ms: 1_000,
             follow_interval_ms: 1_000,
+            instances: 1,
+            instance: 0,
         }
     }
 }
@@ -395,6 +404,31 @@ impl Config {
                 problems.push(format!("{field}: {v} is more than a day ({DAY_MS} ms)"));
             }
         }
+        if !(1..=1024).contains(&r.instances) {
+            problems.push(format!(
+                "replication.instances: {} is outside 1..=1024",
+                r.instances
+            ));
+        } else if r.instance >= r.instances {
+            problems.push(format!(
+                "replication.instance: {} must be below replication.instances ({})",
+                r.instance, r.instances
+            ));
+        }
+        if r.instances > 1 && !r.sync_topics.is_empty() {
+            problems.push(
+                "replication.sync_topics: needs replication.instances = 1 (an instance cannot \
+                 confirm partitions another instance replicates)"
+                    .into(),
+            );
+        }
+        if r.instances > 1 && r.follow_interval_ms == 0 {
+            problems.push(
+                "replication.follow_interval_ms: must not be 0 with several instances (records \
+                 produced through the others are found by it)"
+                    .into(),
+            );
+        }
         if !(1..=5).contains(&r.max_in_flight_per_partition) {
             problems.push(format!(
                 "replication.max_in_flight_per_partition: {} is outside 1..=5",
@@ -540,6 +574,8 @@ mod tests {
         cfg.replication.include = vec!["(".into()];
         cfg.replication.follow_interval_ms = u64::MAX;
         cfg.proxy.idle_timeout_ms = u64::MAX;
+        cfg.replication.instances = 2;
+        cfg.replication.instance = 2;
         let err = cfg.validate().unwrap_err().to_string();
         for needle in [
             "proxy.listen",
@@ -548,6 +584,7 @@ mod tests {
             "replication.include",
             "replication.follow_interval_ms: 18446744073709551615 is more than a day",
             "proxy.idle_timeout_ms: 18446744073709551615 is more than a day",
+            "replication.instance: 2 must be below replication.instances (2)",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

@@ -276,6 +276,12 @@ pub const METRICS: &[MetricDef] = &[
         "Batches DC1 acknowledged that are not valid record batches and so cannot be replicated. Should stay 0.",
     ),
     def(
+        "kafka_tee_not_owned_items_total",
+        Counter,
+        &[],
+        "Acknowledged items not handed to the replicator because another instance replicates their partition (replication.instances).",
+    ),
+    def(
         "kafka_tee_follow_offsets_total",
         Counter,
         &[],

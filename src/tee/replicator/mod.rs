@@ -17,6 +17,7 @@
 
 mod catchup;
 pub mod checkpoint;
+mod discover;
 mod durable;
 mod queue;
 mod sender;
@@ -53,6 +54,9 @@ struct Settings {
     checkpoint_interval: Duration,
     /// First wait before an idle partition's end in DC1 is looked up (None: never).
     follow_interval: Option<Duration>,
+    /// Instances sharing DC1's partitions, and this one's number (see `discover`).
+    instances: u32,
+    instance: u32,
     state_dir: Option<PathBuf>,
 }
 
@@ -185,6 +189,10 @@ struct Shared {
     senders: Mutex<HashMap<i32, mpsc::Sender<sender::Unit>>>,
     sender_tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// With several instances: partitions no checkpoint names start at DC1's log start
+    /// (false only on a first start, until the first look at DC1's metadata has
+    /// anchored the partitions DC1 already had; see `discover`).
+    from_log_start: AtomicBool,
     /// Shutdown began: finish what is queued, accept nothing new.
     draining: CancellationToken,
     /// Stop now.
@@ -193,6 +201,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether this instance replicates the partition (always, as the only instance).
+    fn owns(&self, tp: &TopicPartition) -> bool {
+        let n = self.settings.instances;
+        n <= 1 || discover::owner(&tp.topic, tp.partition, n) == self.settings.instance
+    }
+
     fn progress_changed(&self) {
         self.progress_version.fetch_add(1, Ordering::AcqRel);
         self.committed.notify_waiters();
@@ -293,17 +307,21 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         checkpoint_interval: Duration::from_millis(r.checkpoint_interval_ms.max(10)),
         follow_interval: (r.follow_interval_ms > 0)
             .then(|| Duration::from_millis(r.follow_interval_ms.max(10))),
+        instances: r.instances.max(1),
+        instance: r.instance,
         state_dir: config.state.dir.clone(),
     };
     let progress = DashMap::new();
     let identity = IdentityCell::default();
     let mut loaded_partitions = Vec::new();
+    let mut fresh = true;
     if let Some(dir) = &settings.state_dir {
         let dir = dir.clone();
         let loaded = tokio::task::spawn_blocking(move || Checkpoint::load(&dir))
             .await
             .context("checkpoint loader")??;
         if let Some(cp) = loaded {
+            fresh = false;
             if cp.producer_id >= 0 {
                 identity.set(Identity {
                     producer_id: cp.producer_id,
@@ -351,6 +369,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         senders: Mutex::new(HashMap::new()),
         sender_tasks: Mutex::new(Vec::new()),
         closed: AtomicBool::new(false),
+        from_log_start: AtomicBool::new(!fresh),
         draining: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         runtime: tokio::runtime::Handle::current(),
@@ -364,11 +383,24 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         .progress
         .iter()
         .map(|e| e.key().clone())
-        .filter(|tp| shared.filter.wants(&tp.topic))
+        .filter(|tp| shared.filter.wants(&tp.topic) && shared.owns(tp))
         .collect();
     for tp in restored {
         let tx = handle.spawn_worker(tp.clone());
         shared.workers.insert(tp, tx);
+    }
+    if shared.settings.instances > 1 {
+        tracing::info!(
+            instance = shared.settings.instance,
+            instances = shared.settings.instances,
+            "replicating this instance's share of DC1's partitions"
+        );
+        let task = tokio::spawn(discover::run(handle.clone(), fresh));
+        shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
     }
     let checkpoint_stop = CancellationToken::new();
     let checkpoint_task = shared.settings.state_dir.clone().map(|dir| {
@@ -549,6 +581,11 @@ impl ReplicatorHandle {
             sh.release(&item);
             return;
         }
+        if !sh.owns(&tp) {
+            metrics::counter!("kafka_tee_not_owned_items_total").increment(1);
+            sh.release(&item);
+            return;
+        }
         // DC1 acknowledged the item just now: replication latency counts from here.
         let item = (Instant::now(), item);
         let item = match sh.workers.get(&tp) {
@@ -654,14 +691,17 @@ impl ReplicatorHandle {
     /// Whether a restart would copy a batch DC1 acked at `base` on `tp` (always, when
     /// no `state.dir` is kept: nothing survives a restart then).
     pub fn start_is_durable(&self, tp: &TopicPartition, base: i64) -> bool {
-        self.shared.settings.state_dir.is_none() || self.shared.durable.covers(tp, base)
+        self.shared.settings.state_dir.is_none()
+            || !self.shared.owns(tp)
+            || self.shared.durable.covers(tp, base)
     }
 
     /// Records where each partition in `starts` (partition, acked base) must be resumed
     /// and waits until a checkpoint saying so is on disk; false if it is not (a failed
     /// write, or no write within a few seconds).
-    pub async fn make_starts_durable(&self, starts: Vec<(TopicPartition, i64)>) -> bool {
-        if self.shared.settings.state_dir.is_none() {
+    pub async fn make_starts_durable(&self, mut starts: Vec<(TopicPartition, i64)>) -> bool {
+        starts.retain(|(tp, _)| self.shared.owns(tp));
+        if self.shared.settings.state_dir.is_none() || starts.is_empty() {
             return true;
         }
         self.shared.make_starts_durable(starts).await

@@ -179,6 +179,9 @@ pub(super) struct Worker {
     /// After a restart: DC1's end has not been looked up yet (offsets acknowledged
     /// before the restart are copied even if nothing new is pushed).
     resume: bool,
+    /// With several instances, a partition no checkpoint names: where it starts is
+    /// decided before the first item is taken in (see `anchor`).
+    anchor: bool,
     /// Highest DC1 offset pushed so far, and the base for lag before the first ack.
     pushed_upto: Option<i64>,
     lag_base: Option<i64>,
@@ -250,6 +253,7 @@ impl Worker {
             sent_upto: restored.map(|p| p.offset),
             expect: restored.map(|p| p.offset + 1),
             resume: restored.is_some(),
+            anchor: restored.is_none() && sh.settings.instances > 1,
             pushed_upto: restored.map(|p| p.offset),
             lag_base: None,
             lag_reported: 0,
@@ -275,6 +279,10 @@ impl Worker {
         loop {
             if hard.is_cancelled() {
                 break;
+            }
+            if self.anchor {
+                self.anchor().await;
+                continue;
             }
             self.drain_input();
             if self.finished() {
@@ -364,6 +372,59 @@ impl Worker {
                 self.pause(d).await;
             }
         }
+    }
+
+    /// With several instances, decides where a partition no checkpoint names starts.
+    /// The other instances may have carried records to it before this one saw any, so
+    /// it starts at DC1's log start, and the look at DC1's end copies them; except when
+    /// the first item is discovery's anchor (an empty range: the partition's end, on a
+    /// first start), or on a first start before that first look at DC1, where it
+    /// starts at its first item as a single instance does.
+    async fn anchor(&mut self) {
+        let hard = self.sh.hard_stop.clone();
+        let draining = self.sh.draining.clone();
+        let first = tokio::select! {
+            item = self.rx.recv() => item,
+            _ = hard.cancelled() => return,
+            _ = draining.cancelled() => None,
+        };
+        self.anchor = false;
+        let Some((at, item)) = first else {
+            self.rx_open = !self.rx.is_closed();
+            return;
+        };
+        let (from, to) = item_range(&item);
+        let here = from > to
+            || !self
+                .sh
+                .from_log_start
+                .load(std::sync::atomic::Ordering::Acquire);
+        if !here {
+            let looked = tokio::select! {
+                s = self.sh.dc1.list_offset(&self.tp.topic, self.tp.partition, crate::client::EARLIEST) => s,
+                _ = hard.cancelled() => {
+                    self.sh.release(&item);
+                    return;
+                }
+            };
+            match looked {
+                Ok(log_start) if log_start < from => {
+                    self.accept(
+                        at,
+                        Pending::Gap {
+                            from: log_start,
+                            to: log_start - 1,
+                        },
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    partition = %self.tp, error = %e,
+                    "cannot read where the partition starts in DC1; replicating it from the first batch acknowledged through this instance"
+                ),
+            }
+        }
+        self.accept(at, item);
     }
 
     /// Publishes the partition's state for status pages.
@@ -480,7 +541,10 @@ impl Worker {
             Pending::Batch { records, .. } => records.len() as u64,
             Pending::Gap { .. } => 0,
         };
-        self.arrive(last, at, bytes);
+        // An empty range only says where a partition starts: nothing is pending.
+        if first <= last {
+            self.arrive(last, at, bytes);
+        }
         match item {
             Pending::Batch { records, .. } if self.is_held() => {
                 self.sh.budget.release(records.len());
@@ -1291,7 +1355,7 @@ impl Worker {
 /// Fetch (Tansu's ListOffsets "latest" is not reliable): the high watermark, or with
 /// read_committed the last stable offset (where an open transaction begins) when the
 /// broker reports it.
-async fn dc1_end(
+pub(super) async fn dc1_end(
     dc1: &crate::client::Client,
     tp: &TopicPartition,
     from: i64,
