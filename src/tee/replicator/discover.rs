@@ -48,6 +48,11 @@ pub(super) async fn run(h: ReplicatorHandle, fresh: bool) {
                 if n > 0 {
                     tracing::info!(partitions = n, "replicating partitions found in DC1");
                 }
+                if first && fresh {
+                    // A checkpoint on disk says this instance has started before: a
+                    // restart then starts unknown partitions at the log start.
+                    sh.durable.write_soon();
+                }
                 first = false;
                 sh.from_log_start
                     .store(true, std::sync::atomic::Ordering::Release);

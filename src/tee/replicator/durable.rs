@@ -140,7 +140,7 @@ impl Shared {
         let d = &self.durable;
         let begun = d.register(&starts);
         self.progress_version.fetch_add(1, Ordering::AcqRel);
-        d.write_now.notify_one();
+        d.write_soon();
         let mut rx = d.finished.subscribe();
         let _ = tokio::time::timeout(START_WAIT, rx.wait_for(|&n| n > begun)).await;
         starts.iter().all(|(tp, base)| d.covers(tp, *base))
@@ -197,6 +197,13 @@ impl Shared {
             Checkpoint::new(producer_id, producer_epoch, partitions),
             said,
         )
+    }
+}
+
+impl Durability {
+    /// Asks the checkpoint task for a write now rather than at the next interval.
+    pub(super) fn write_soon(&self) {
+        self.write_now.notify_one();
     }
 }
 
