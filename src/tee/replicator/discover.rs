@@ -94,8 +94,10 @@ async fn discover_once(
     }
     let mut started = Vec::new();
     for tp in found {
+        // The end is the last stable offset: a transaction still open is copied once
+        // it commits.
         let at = if from_end {
-            super::worker::dc1_end(&sh.dc1, &tp, 0, IsolationLevel::ReadUncommitted).await
+            super::worker::dc1_end(&sh.dc1, &tp, 0, IsolationLevel::ReadCommitted).await
         } else {
             sh.dc1.list_offset(&tp.topic, tp.partition, EARLIEST).await
         };

@@ -416,6 +416,15 @@ impl Worker {
                             to: log_start - 1,
                         },
                     );
+                    // A restart must resume there too, not at this instance's first batch.
+                    if self.sh.settings.state_dir.is_some()
+                        && !self
+                            .sh
+                            .make_starts_durable(vec![(self.tp.clone(), log_start)])
+                            .await
+                    {
+                        tracing::warn!(partition = %self.tp, "the partition's start is not in a checkpoint yet");
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(
