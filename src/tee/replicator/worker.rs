@@ -1109,39 +1109,38 @@ impl Worker {
         if let (Some(want), Some(got)) = (self.dc2_next, dc2_offset)
             && got != want
         {
-            let reason = if got > want { "foreign" } else { "rewound" };
-            let what = if got > want {
-                "DC2 partition written by something else"
+            let (reason, what, explained) = if got > want {
+                (
+                    "foreign",
+                    "DC2 partition written by something else",
+                    "something else writes to this DC2 partition: DC2 put a batch after \
+                     offsets the replicator did not write (another kafka-tee replicating the \
+                     same DC1 partitions, or producers writing to the DC2 topic), so DC2 holds \
+                     records twice or mixed with others. Replicate each DC1 partition through \
+                     one kafka-tee, and keep DC2 producers off replicated topics \
+                     (replication.topic_prefix)",
+                )
             } else {
-                "DC2 partition lost records it had acknowledged"
+                (
+                    "rewound",
+                    "DC2 partition lost records it had acknowledged",
+                    "this DC2 partition's offsets went back (its log was lost or truncated, or \
+                     the topic recreated): records DC2 acknowledged before are gone from it",
+                )
             };
-            self.last_jump = Some((Instant::now(), what));
+            let now = Instant::now();
+            self.last_jump = Some((now, what));
             metrics::counter!("kafka_tee_dc2_offset_jumps_total", "topic" => self.tp.topic.to_string(), "reason" => reason)
                 .increment(1);
-            let now = Instant::now();
             if self
                 .jump_warned
                 .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
             {
                 self.jump_warned = Some(now);
-                if got > want {
-                    tracing::error!(
-                        partition = %self.tp, dc2_topic = %self.dc2_topic, expected = want, got,
-                        "something else writes to this DC2 partition: DC2 put a batch after \
-                         offsets the replicator did not write (another kafka-tee replicating \
-                         the same DC1 partitions, or producers writing to the DC2 topic), so \
-                         DC2 holds records twice or mixed with others. Replicate each DC1 \
-                         partition through one kafka-tee, and keep DC2 producers off \
-                         replicated topics (replication.topic_prefix)"
-                    );
-                } else {
-                    tracing::error!(
-                        partition = %self.tp, dc2_topic = %self.dc2_topic, expected = want, got,
-                        "this DC2 partition's offsets went back (its log was lost or \
-                         truncated, or the topic recreated): records DC2 acknowledged \
-                         before are gone from it"
-                    );
-                }
+                tracing::error!(
+                    partition = %self.tp, dc2_topic = %self.dc2_topic, expected = want, got,
+                    "{explained}"
+                );
             }
         }
         self.dc2_next = dc2_offset.map(|o| o.saturating_add(span));
