@@ -770,6 +770,10 @@ mod mock_dc2 {
         /// As DC1: batches per partition (base offsets set) and the log start offset.
         pub log: HashMap<(String, i32), Vec<Bytes>>,
         pub log_start: i64,
+        /// As DC1: batches (by base offset) counted in the high watermark but left out
+        /// of this many more fetches that reach them (u32::MAX: always), as Tansu does
+        /// between taking an offset and storing the batch, or as compaction leaves it.
+        pub unlisted: HashMap<(String, i32, i64), u32>,
     }
 
     impl State {
@@ -1068,7 +1072,7 @@ mod mock_dc2 {
                 }
                 ApiKey::Fetch => {
                     let req = FetchRequest::decode(&mut body, version).expect("fetch");
-                    let st = state.lock().expect("state");
+                    let mut st = state.lock().expect("state");
                     let mut r = FetchResponse::default();
                     for t in req.topics {
                         let mut tr = FetchableTopicResponse::default();
@@ -1076,6 +1080,7 @@ mod mock_dc2 {
                         for p in t.partitions {
                             let name = t.topic.0.to_string();
                             let hw = st.high_watermark(&name, p.partition);
+                            let st = &mut *st;
                             let mut pd = PartitionData::default();
                             pd.partition_index = p.partition;
                             pd.high_watermark = hw;
@@ -1086,10 +1091,24 @@ mod mock_dc2 {
                                 pd.error_code = 1;
                             } else {
                                 let mut out = BytesMut::new();
-                                for b in st.log.get(&(name, p.partition)).into_iter().flatten() {
+                                for b in st
+                                    .log
+                                    .get(&(name.clone(), p.partition))
+                                    .into_iter()
+                                    .flatten()
+                                {
                                     if end_of(b) > p.fetch_offset
                                         && out.len() < p.partition_max_bytes as usize
                                     {
+                                        let base =
+                                            i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                                        if let Some(n) =
+                                            st.unlisted.get_mut(&(name.clone(), p.partition, base))
+                                            && *n > 0
+                                        {
+                                            *n = n.saturating_sub(u32::from(*n != u32::MAX));
+                                            continue;
+                                        }
                                         out.extend_from_slice(b);
                                     }
                                 }
@@ -1211,6 +1230,45 @@ async fn dc2_errors_keep_order_and_sequences() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// Replicates offsets 0..=`end` of partition 0 of `topic` from the mock DC1 as one gap
+/// (prefix "dc1."), asserting with `why` that they all reach DC2 in time, and returns
+/// what DC2 then holds.
+async fn copy_gap_from_mock_dc1(
+    dc1: &mock_dc2::MockDc2,
+    dc2: &Broker,
+    state: &std::path::Path,
+    topic: &str,
+    end: i64,
+    why: &str,
+) -> Vec<RecordBatch> {
+    let mut cfg = Config::default();
+    cfg.source.bootstrap = vec![dc1.addr.clone()];
+    cfg.target.bootstrap = vec![dc2.addr.clone()];
+    cfg.replication.topic_prefix = "dc1.".into();
+    cfg.replication.retry_backoff_ms = 20;
+    cfg.state.dir = Some(state.to_path_buf());
+    let budget = Arc::new(Budget::new(1 << 20));
+    let rep = replicator::start(&cfg, budget.clone())
+        .await
+        .expect("start");
+    let tp = TopicPartition {
+        topic: Arc::from(topic),
+        partition: 0,
+    };
+    rep.handle()
+        .push(tp.clone(), Pending::Gap { from: 0, to: end });
+    assert!(
+        rep.handle()
+            .wait_replicated(&tp, end, Duration::from_secs(30))
+            .await,
+        "{why}"
+    );
+    let got = read_batches(&client(Cluster::Dc2, &dc2.addr), &format!("dc1.{topic}"), 0).await;
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(state);
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_gone_from_dc1_are_reported_and_skipped() {
     use mock_dc2::MockDc2;
@@ -1235,36 +1293,73 @@ async fn offsets_gone_from_dc1_are_reported_and_skipped() {
         // Retention removed the first two batches.
         st.log_start = 10;
     }
-    let mut cfg = Config::default();
-    cfg.source.bootstrap = vec![dc1.addr.clone()];
-    cfg.target.bootstrap = vec![dc2.addr.clone()];
-    cfg.replication.topic_prefix = "dc1.".into();
-    cfg.replication.retry_backoff_ms = 20;
-    cfg.state.dir = Some(state.clone());
-    let budget = Arc::new(Budget::new(1 << 20));
-    let rep = replicator::start(&cfg, budget.clone())
-        .await
-        .expect("start");
-    let tp = TopicPartition {
-        topic: Arc::from("old"),
-        partition: 0,
-    };
-    rep.handle()
-        .push(tp.clone(), Pending::Gap { from: 0, to: end });
-    assert!(
-        rep.handle()
-            .wait_replicated(&tp, end, Duration::from_secs(30))
-            .await,
-        "the rest of the gap is not replicated"
-    );
-    let got = read_batches(&dst, "dc1.old", 0).await;
+    let got = copy_gap_from_mock_dc1(
+        &dc1,
+        &dc2,
+        &state,
+        "old",
+        end,
+        "the rest of the gap is not replicated",
+    )
+    .await;
     let payloads: Vec<&[u8]> = got.iter().map(|b| &b.bytes()[HEADER_LEN..]).collect();
     assert_eq!(
         payloads,
         vec![&batches[2][HEADER_LEN..], &batches[3][HEADER_LEN..]]
     );
-    rep.shutdown(Duration::from_secs(2)).await;
-    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_missing_from_a_dc1_read_are_read_again_before_being_skipped() {
+    use mock_dc2::MockDc2;
+    init_logging();
+    let dc1 = MockDc2::start().await;
+    let dc2 = Broker::start("dc2u");
+    let state = tempdir("unlisted");
+    let dst = client(Cluster::Dc2, &dc2.addr);
+    dst.create_topic("dc1.late", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC2 topic");
+    let batches: Vec<Bytes> = (0..5)
+        .map(|i| batch(&format!("u{i}"), 5, Compression::None))
+        .collect();
+    let mut end = 0;
+    {
+        let mut st = dc1.state.lock().expect("state");
+        st.topics.insert("late".into(), 1);
+        let mut bases = Vec::new();
+        for b in &batches {
+            let base = st.append("late", 0, b);
+            bases.push(base);
+            end = base + 4;
+        }
+        // The second batch is counted in the high watermark but not readable yet at the
+        // first read (Tansu stores a batch after taking its offsets); the fourth is
+        // never there (compacted away).
+        st.unlisted.insert(("late".into(), 0, bases[1]), 1);
+        st.unlisted.insert(("late".into(), 0, bases[3]), u32::MAX);
+    }
+    let got = copy_gap_from_mock_dc1(
+        &dc1,
+        &dc2,
+        &state,
+        "late",
+        end,
+        "a batch missing from DC1's answers for good stalls the partition",
+    )
+    .await;
+    let tags: Vec<String> = got.iter().map(|b| mock_dc2::tag_of(b.bytes())).collect();
+    assert_eq!(
+        tags,
+        ["u0", "u1", "u2", "u4"],
+        "DC2 must hold the batch that became readable late; only the absent one is missing"
+    );
+    let payloads: Vec<&[u8]> = got.iter().map(|b| &b.bytes()[HEADER_LEN..]).collect();
+    let want: Vec<&[u8]> = [0, 1, 2, 4]
+        .iter()
+        .map(|&i| &batches[i][HEADER_LEN..])
+        .collect();
+    assert!(payloads == want, "DC2's batches differ from DC1's bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

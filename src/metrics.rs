@@ -306,6 +306,12 @@ pub const METRICS: &[MetricDef] = &[
         "Batches read back from DC1 and not copied: reason=aborted (aborted transaction) or control (transaction markers).",
     ),
     def(
+        "kafka_tee_catchup_absent_offsets_total",
+        Counter,
+        &[],
+        "Offsets inside a range read back from DC1 that DC1 does not have (compacted away), moved past after two reads at least 500 ms apart showed them missing.",
+    ),
+    def(
         "kafka_tee_topics_held",
         Gauge,
         &["topic"],

@@ -5,8 +5,15 @@
 //! response's aborted-transaction list as Kafka consumers do or, when the broker does
 //! not fill that list (Tansu), the transaction's marker found by reading ahead.
 //! Control batches (transaction markers) are never copied: DC2 gets plain batches.
+//!
+//! Offsets missing from DC1's answer inside the range (a hole: the next batch starts
+//! past the offset asked for) are only given up once a second read, at least
+//! `HOLE_SETTLE` later, shows them missing too. A compacted topic has such holes for
+//! good, but a broker may also count an offset in its high watermark before the batch
+//! is readable (Tansu 0.6 takes the offset, then stores the batch), and a producer
+//! writing to DC1 at the same time as the proxy makes that window visible.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 
@@ -16,6 +23,9 @@ use crate::tee::batch::{Committed, RecordBatch, TxnFilter, split_batches};
 const START_MAX_BYTES: i32 = 1024 * 1024;
 const LIMIT_MAX_BYTES: i32 = 64 * 1024 * 1024;
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(250);
+/// How long offsets must stay missing from DC1's answers before they are taken as
+/// absent for good.
+pub(super) const HOLE_SETTLE: Duration = Duration::from_millis(500);
 
 /// The read position within one gap.
 #[derive(Debug)]
@@ -26,6 +36,15 @@ pub(super) struct CatchUp {
     pub to: i64,
     txns: TxnFilter,
     max_bytes: i32,
+    hole: Option<HoleWatch>,
+}
+
+/// Holes first seen in one read: those ending below `below` (the last batch that read
+/// returned) may be skipped once `HOLE_SETTLE` has passed since `since`.
+#[derive(Debug)]
+struct HoleWatch {
+    since: Instant,
+    below: i64,
 }
 
 /// What one read step produced.
@@ -33,8 +52,9 @@ pub(super) struct CatchUp {
 pub(super) enum Step {
     /// Batches to replay, in order (possibly none when only skipped batches were read).
     Batches(Vec<RecordBatch>),
-    /// Nothing readable yet (an open transaction, or the high watermark has not
-    /// reached the gap); ask again shortly.
+    /// Nothing readable yet (an open transaction, offsets missing from the answer that
+    /// may still appear, or the high watermark has not reached the gap); ask again
+    /// shortly.
     Wait,
     /// Offsets `from..=to` are no longer in DC1; the read moved past them.
     Lost { from: i64, to: i64, reason: String },
@@ -45,6 +65,8 @@ pub(super) enum Step {
 pub(super) struct Skipped {
     pub aborted_batches: u64,
     pub control_batches: u64,
+    /// Offsets DC1 does not have inside the range (compacted away), moved past.
+    pub absent_offsets: u64,
 }
 
 impl CatchUp {
@@ -54,6 +76,20 @@ impl CatchUp {
             to,
             txns: TxnFilter::default(),
             max_bytes: START_MAX_BYTES,
+            hole: None,
+        }
+    }
+
+    /// Whether a hole ending at `end` has been seen missing for `HOLE_SETTLE`. A hole
+    /// the current watch does not cover starts a new one, covering every hole of this
+    /// answer (which ends with a batch at `below`).
+    fn hole_settled(&mut self, end: i64, below: i64, now: Instant) -> bool {
+        match &self.hole {
+            Some(h) if end < h.below => now.duration_since(h.since) >= HOLE_SETTLE,
+            _ => {
+                self.hole = Some(HoleWatch { since: now, below });
+                false
+            }
         }
     }
 
@@ -107,7 +143,15 @@ impl CatchUp {
         let start = self.next;
         let mut out = Vec::new();
         let mut open_txn = false;
-        for item in split_batches(f.records) {
+        let mut hole_open = false;
+        let items: Vec<_> = split_batches(f.records).collect();
+        let below = items
+            .iter()
+            .filter_map(|b| b.as_ref().ok().map(RecordBatch::base_offset))
+            .max()
+            .unwrap_or(i64::MAX);
+        let now = Instant::now();
+        for item in items {
             let batch = match item {
                 Ok(b) => b,
                 Err(e) => {
@@ -125,9 +169,20 @@ impl CatchUp {
             if last < self.next {
                 continue;
             }
-            if base > self.to {
-                self.next = self.to + 1;
+            if self.next > self.to {
                 break;
+            }
+            if base > self.next {
+                let end = (base - 1).min(self.to);
+                if !self.hole_settled(end, below, now) {
+                    hole_open = true;
+                    break;
+                }
+                skipped.absent_offsets += (end - self.next + 1) as u64;
+                self.next = end + 1;
+                if self.next > self.to {
+                    break;
+                }
             }
             let mut class = self.txns.classify(&batch);
             if let Committed::Undecided { producer_id } = class {
@@ -180,7 +235,7 @@ impl CatchUp {
             self.max_bytes = START_MAX_BYTES;
             return Ok(Step::Batches(out));
         }
-        if had_bytes && !open_txn && self.max_bytes < LIMIT_MAX_BYTES {
+        if had_bytes && !open_txn && !hole_open && self.max_bytes < LIMIT_MAX_BYTES {
             // Only part of one batch came back: ask for more next time.
             self.max_bytes = self.max_bytes.saturating_mul(2).min(LIMIT_MAX_BYTES);
             return Ok(Step::Batches(out));

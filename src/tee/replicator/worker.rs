@@ -775,6 +775,14 @@ impl Worker {
                     .increment(skipped.aborted_batches);
                 metrics::counter!("kafka_tee_catchup_skipped_batches_total", "reason" => "control")
                     .increment(skipped.control_batches);
+                if skipped.absent_offsets > 0 {
+                    tracing::debug!(
+                        partition = %self.tp, offsets = skipped.absent_offsets,
+                        "offsets DC1 does not have (compacted away) moved past"
+                    );
+                    metrics::counter!("kafka_tee_catchup_absent_offsets_total")
+                        .increment(skipped.absent_offsets);
+                }
                 match step {
                     Ok(Step::Batches(batches)) => {
                         self.catchup_retry_at = None;
