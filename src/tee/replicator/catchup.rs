@@ -175,6 +175,13 @@ impl CatchUp {
             if base > self.next {
                 let end = (base - 1).min(self.to);
                 if !self.hole_settled(end, below, now) {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        from = self.next,
+                        to = end,
+                        "offsets missing from DC1's answer; reading again before passing over them"
+                    );
                     hole_open = true;
                     break;
                 }
