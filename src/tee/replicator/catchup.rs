@@ -25,7 +25,7 @@ const LIMIT_MAX_BYTES: i32 = 64 * 1024 * 1024;
 const FETCH_MAX_WAIT: Duration = Duration::from_millis(250);
 /// How long offsets must stay missing from DC1's answers before they are taken as
 /// absent for good.
-pub(super) const HOLE_SETTLE: Duration = Duration::from_millis(500);
+const HOLE_SETTLE: Duration = Duration::from_millis(500);
 
 /// The read position within one gap.
 #[derive(Debug)]
@@ -248,5 +248,27 @@ impl CatchUp {
             return Ok(Step::Batches(out));
         }
         Ok(Step::Wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_are_passed_over_only_after_the_settle_time_of_the_read_that_showed_them() {
+        let t0 = Instant::now();
+        let mut c = CatchUp::new(0, 100);
+        // The first answer (its last batch at 40) shows a hole ending at 9: not yet.
+        assert!(!c.hole_settled(9, 40, t0));
+        assert!(!c.hole_settled(9, 40, t0 + HOLE_SETTLE / 2));
+        // Later reads: holes the first answer covered settle together.
+        assert!(c.hole_settled(9, 60, t0 + HOLE_SETTLE));
+        assert!(c.hole_settled(30, 60, t0 + HOLE_SETTLE));
+        // A hole past what the first answer held starts its own wait.
+        let t1 = t0 + HOLE_SETTLE;
+        assert!(!c.hole_settled(45, 60, t1));
+        assert!(!c.hole_settled(45, 60, t1 + HOLE_SETTLE / 2));
+        assert!(c.hole_settled(45, 80, t1 + HOLE_SETTLE));
     }
 }
