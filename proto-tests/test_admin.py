@@ -262,7 +262,7 @@ def test_check_config_reports_every_problem(kafka_tee_bin, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[proxy]\nlisten = "nope"\n\n'
                    '[source]\nbootstrap = ["127.0.0.1:9092"]\n\n'
-                   '[replication]\nmax_in_flight_per_partition = 9\n')
+                   '[replication]\nmax_in_flight_per_partition = 0\n')
     r = run_cli("check-config", str(bad))
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     problems = [line for line in r.stderr.splitlines() if line.startswith("  - ")]

@@ -407,7 +407,7 @@ def test_config_file_missing(kafka_tee_bin, tmp_path):
 
 def test_config_reports_every_problem(kafka_tee_bin, tmp_path):
     cfg = tmp_path / "bad.toml"
-    cfg.write_text("[replication]\nmax_in_flight_per_partition = 9\n"
+    cfg.write_text("[replication]\nmax_in_flight_per_partition = 0\n"
                    "include = [\"(\"]\n")
     out = _run_bad(harness.proxy_argv("nope", "127.0.0.1:9092", config=cfg))
     for needle in ("listen", "max_in_flight_per_partition", "include"):

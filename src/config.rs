@@ -196,8 +196,22 @@ pub struct ReplicationConfig {
     /// Memory bound for batches waiting for DC2, in bytes. Past it, the replicator
     /// reads the missing offsets back from DC1 instead of holding them.
     pub max_pending_bytes: usize,
-    /// Produce requests in flight per DC2 partition (at most 5, the idempotence window).
+    /// Batches in flight per DC2 partition (each its own Produce request). Not limited
+    /// to Kafka's 5: after a fault the replicator reads DC2's tail to learn what it
+    /// holds (see README, "Long links").
     pub max_in_flight_per_partition: usize,
+    /// Bytes in flight per DC2 partition: with the total below, what fills the
+    /// bandwidth-delay product of the link to DC2.
+    pub max_in_flight_bytes_per_partition: usize,
+    /// Bytes in flight to DC2 over all partitions (a partition always has at least
+    /// one batch in flight).
+    pub max_in_flight_bytes: usize,
+    /// SO_SNDBUF / SO_RCVBUF of connections to DC2, in bytes. 0 (the default) leaves
+    /// them to the OS, which on Linux grows them with the link (up to net.ipv4.tcp_wmem
+    /// and tcp_rmem); a set value turns that off and is capped by net.core.wmem_max /
+    /// rmem_max.
+    pub socket_send_buffer_bytes: usize,
+    pub socket_receive_buffer_bytes: usize,
     /// Timeout of one request to DC2, in milliseconds.
     pub request_timeout_ms: u64,
     /// First retry backoff towards DC2, doubled up to `retry_backoff_max_ms`.
@@ -230,7 +244,11 @@ impl Default for ReplicationConfig {
             topic_prefix: String::new(),
             create_topics: true,
             max_pending_bytes: 256 * 1024 * 1024,
-            max_in_flight_per_partition: 5,
+            max_in_flight_per_partition: 1024,
+            max_in_flight_bytes_per_partition: 16 * 1024 * 1024,
+            max_in_flight_bytes: 128 * 1024 * 1024,
+            socket_send_buffer_bytes: 0,
+            socket_receive_buffer_bytes: 0,
             request_timeout_ms: 30_000,
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 5_000,
@@ -429,11 +447,22 @@ impl Config {
                     .into(),
             );
         }
-        if !(1..=5).contains(&r.max_in_flight_per_partition) {
+        if !(1..=65_536).contains(&r.max_in_flight_per_partition) {
             problems.push(format!(
-                "replication.max_in_flight_per_partition: {} is outside 1..=5",
+                "replication.max_in_flight_per_partition: {} is outside 1..=65536",
                 r.max_in_flight_per_partition
             ));
+        }
+        for (name, v) in [
+            (
+                "max_in_flight_bytes_per_partition",
+                r.max_in_flight_bytes_per_partition,
+            ),
+            ("max_in_flight_bytes", r.max_in_flight_bytes),
+        ] {
+            if v < 1024 {
+                problems.push(format!("replication.{name}: must be at least 1024"));
+            }
         }
         if r.max_pending_bytes < 1024 {
             problems.push("replication.max_pending_bytes: must be at least 1024".into());
@@ -570,7 +599,8 @@ mod tests {
     fn validate_reports_every_problem() {
         let mut cfg = Config::default();
         cfg.proxy.listen = "nope".into();
-        cfg.replication.max_in_flight_per_partition = 9;
+        cfg.replication.max_in_flight_per_partition = 0;
+        cfg.replication.max_in_flight_bytes = 10;
         cfg.replication.include = vec!["(".into()];
         cfg.replication.follow_interval_ms = u64::MAX;
         cfg.proxy.idle_timeout_ms = u64::MAX;
@@ -580,7 +610,8 @@ mod tests {
         for needle in [
             "proxy.listen",
             "source.bootstrap",
-            "max_in_flight_per_partition",
+            "max_in_flight_per_partition: 0 is outside 1..=65536",
+            "replication.max_in_flight_bytes: must be at least 1024",
             "replication.include",
             "replication.follow_interval_ms: 18446744073709551615 is more than a day",
             "proxy.idle_timeout_ms: 18446744073709551615 is more than a day",

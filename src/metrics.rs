@@ -246,6 +246,42 @@ pub const METRICS: &[MetricDef] = &[
         "Batches DC2 put somewhere other than right after the replicator's previous batch of the partition: reason=foreign (something else writes to the DC2 partition: another kafka-tee replicating the same DC1 partitions, or DC2 producers) or reason=rewound (the DC2 partition's offsets went back: its log lost or the topic recreated). Should stay 0.",
     ),
     def(
+        "kafka_tee_dc2_in_flight_bytes",
+        Gauge,
+        &["broker"],
+        "Bytes of Produce requests written to a DC2 broker and not yet answered. Across a long link, rate x round trip must fit here (see `replication.max_in_flight_bytes`).",
+    ),
+    def(
+        "kafka_tee_dc2_produce_seconds",
+        Histogram,
+        &[],
+        "Time from writing a Produce request to DC2 to its answer: the round trip to DC2 plus the broker's time.",
+    ),
+    def(
+        "kafka_tee_replication_window_full_partitions",
+        Gauge,
+        &[],
+        "Partitions whose window (replication.max_in_flight_per_partition, max_in_flight_bytes_per_partition, max_in_flight_bytes) is full now: the bound, not DC2, limits their rate. Above 0 for long while DC2 falls behind: raise the bounds.",
+    ),
+    def(
+        "kafka_tee_dc2_tail_reads_total",
+        Counter,
+        &[],
+        "Reads of a DC2 partition's tail after a fault (or a restart) to learn which batches DC2 holds before resending.",
+    ),
+    def(
+        "kafka_tee_dc2_tail_held_batches_total",
+        Counter,
+        &[],
+        "Batches a tail read found in DC2: committed without being sent again.",
+    ),
+    def(
+        "kafka_tee_dc2_tail_read_errors_total",
+        Counter,
+        &[],
+        "Tail reads that failed (retried after a back-off; nothing is resent meanwhile).",
+    ),
+    def(
         "kafka_tee_dc2_errors_total",
         Counter,
         &["code"],
@@ -577,7 +613,8 @@ mod tests {
                         "version",
                         "cluster",
                         "stage",
-                        "direction"
+                        "direction",
+                        "broker"
                     ]
                     .contains(l),
                     "{}: label {l} is not in the low-cardinality set",

@@ -403,7 +403,7 @@ impl BrokerConnection {
 /// each step is bounded by `connect_timeout`.
 async fn dial(cfg: &ClientConfig, addr: &str) -> Result<Stream, String> {
     let timeout = cfg.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let tcp = match tokio::time::timeout(timeout, connect(cfg, addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err(format!("timed out after {timeout:?}")),
@@ -422,6 +422,42 @@ async fn dial(cfg: &ClientConfig, addr: &str) -> Result<Stream, String> {
         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
         Err(_) => Err(format!("TLS handshake timed out after {timeout:?}")),
     }
+}
+
+/// A TCP connection to `addr`, with the configured socket buffers (set before the
+/// connection, so the window scale offered covers them).
+async fn connect(cfg: &ClientConfig, addr: &str) -> std::io::Result<TcpStream> {
+    let (snd, rcv) = (
+        cfg.socket_send_buffer_bytes,
+        cfg.socket_receive_buffer_bytes,
+    );
+    if snd == 0 && rcv == 0 {
+        return TcpStream::connect(addr).await;
+    }
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if snd > 0 {
+            socket.set_send_buffer_size(u32::try_from(snd).unwrap_or(u32::MAX))?;
+        }
+        if rcv > 0 {
+            socket.set_recv_buffer_size(u32::try_from(rcv).unwrap_or(u32::MAX))?;
+        }
+        match socket.connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
+    }))
 }
 
 fn api_key<R: Request>(peer: &Peer) -> Result<ApiKey, ClientError> {

@@ -62,6 +62,9 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Requests written to one broker and not yet answered.
     pub max_in_flight_per_connection: usize,
+    /// SO_SNDBUF / SO_RCVBUF set before connecting; 0 leaves the OS's (autotuned).
+    pub socket_send_buffer_bytes: usize,
+    pub socket_receive_buffer_bytes: usize,
     /// First retry backoff, doubled per attempt up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
@@ -110,6 +113,8 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: 100 * 1024 * 1024,
             max_in_flight_per_connection: 64,
+            socket_send_buffer_bytes: 0,
+            socket_receive_buffer_bytes: 0,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
             tls: None,

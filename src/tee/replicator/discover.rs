@@ -97,7 +97,14 @@ async fn discover_once(
         // The end is the last stable offset: a transaction still open is copied once
         // it commits.
         let at = if from_end {
-            super::worker::dc1_end(&sh.dc1, &tp, 0, IsolationLevel::ReadCommitted).await
+            super::tail::partition_end(
+                &sh.dc1,
+                &tp.topic,
+                tp.partition,
+                0,
+                IsolationLevel::ReadCommitted,
+            )
+            .await
         } else {
             sh.dc1.list_offset(&tp.topic, tp.partition, EARLIEST).await
         };

@@ -21,7 +21,9 @@ mod discover;
 mod durable;
 mod queue;
 mod sender;
+mod tail;
 mod topics;
+mod window;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,7 +49,10 @@ pub use topics::{COPIED_CONFIGS, TopicFilter, TopicStatus};
 struct Settings {
     topic_prefix: String,
     create_topics: bool,
-    window: usize,
+    /// One partition's window bounds (batches, bytes).
+    window: window::Limits,
+    /// Bytes in flight to DC2 over all partitions.
+    max_in_flight_bytes: usize,
     request_timeout: Duration,
     retry_backoff: Duration,
     retry_backoff_max: Duration,
@@ -180,6 +185,9 @@ struct Shared {
     identity: IdentityCell,
     progress: DashMap<TopicPartition, Progress>,
     progress_version: AtomicU64,
+    /// Bytes in the partitions' windows (sent or about to be), for
+    /// `Settings::max_in_flight_bytes`.
+    in_flight_bytes: std::sync::atomic::AtomicUsize,
     /// What the checkpoint on disk covers; new partitions' floors.
     durable: durable::Durability,
     committed: Notify,
@@ -284,6 +292,11 @@ fn client_config(
     c.retry_backoff_max = Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms));
     c.max_frame_bytes = config.proxy.max_frame_bytes;
     c.client_id = "kafka-tee-replicator".into();
+    // Batches of many partitions and many batches of one travel on one connection
+    // per broker; the window bounds them (in bytes), not the connection.
+    c.max_in_flight_per_connection = sender::MAX_REQUESTS_IN_FLIGHT;
+    c.socket_send_buffer_bytes = r.socket_send_buffer_bytes;
+    c.socket_receive_buffer_bytes = r.socket_receive_buffer_bytes;
     Ok(c)
 }
 
@@ -300,7 +313,11 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
     let settings = Settings {
         topic_prefix: r.topic_prefix.clone(),
         create_topics: r.create_topics,
-        window: r.max_in_flight_per_partition.clamp(1, 5),
+        window: window::Limits {
+            batches: r.max_in_flight_per_partition.max(1),
+            bytes: r.max_in_flight_bytes_per_partition.max(1),
+        },
+        max_in_flight_bytes: r.max_in_flight_bytes.max(1),
         request_timeout: Duration::from_millis(r.request_timeout_ms.max(1)),
         retry_backoff: Duration::from_millis(r.retry_backoff_ms.max(1)),
         retry_backoff_max: Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms)),
@@ -361,6 +378,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         identity,
         progress,
         progress_version: AtomicU64::new(0),
+        in_flight_bytes: std::sync::atomic::AtomicUsize::new(0),
         durable: durable::Durability::new(&loaded_partitions),
         committed: Notify::new(),
         workers: DashMap::new(),

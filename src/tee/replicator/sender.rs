@@ -25,8 +25,10 @@ use crate::tee::batch::PatchedBatch;
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// Batches looked at when building one request.
 const MAX_SCAN: usize = 4096;
-/// Produce requests awaiting a response per leader.
-const MAX_REQUESTS_IN_FLIGHT: usize = 32;
+/// Produce requests awaiting a response per leader. The partitions' windows bound
+/// what is in flight in bytes; this only caps the count of requests (a deep window of
+/// small batches across a long link needs many).
+pub(super) const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 /// Batches queued per leader before workers wait.
 pub(super) const QUEUE: usize = 4096;
 
@@ -128,13 +130,21 @@ pub(super) async fn run(
                 continue;
             }
         };
+        let bytes = body.iter().map(Bytes::len).sum::<usize>() as f64;
+        let in_flight =
+            metrics::gauge!("kafka_tee_dc2_in_flight_bytes", "broker" => broker.to_string());
         match conn
             .submit_encoded::<ProduceResponse>(ApiKey::Produce, version, body)
             .await
         {
             Ok(pending) => {
+                in_flight.increment(bytes);
+                let sent = std::time::Instant::now();
                 tokio::spawn(async move {
                     let outcome = pending.wait().await;
+                    in_flight.decrement(bytes);
+                    metrics::histogram!("kafka_tee_dc2_produce_seconds")
+                        .record(sent.elapsed().as_secs_f64());
                     dispatch(outcome, replies);
                     drop(permit);
                 });

@@ -1,9 +1,9 @@
 //! One worker per DC1 partition: takes the partition's items in DC1 offset order,
 //! reads gaps back from DC1, patches each batch with the DC2 producer identity and the
-//! partition's next sequence, and keeps up to `max_in_flight_per_partition` batches in
-//! flight to the DC2 leader.
+//! sequence its window gives it, and carries out the window's actions (`window`): the
+//! sends to the DC2 leader, commits, reads of DC2's tail, renewals, back-offs.
 //!
-//! Invariants:
+//! Invariants (the window keeps those about order and sequences):
 //! - Batches are handed to the sender in DC1 order, and a batch is only resent after
 //!   every batch in flight behind it has been settled, so DC2 order follows DC1 order.
 //! - Sequence numbers are contiguous over the batches DC2 holds: a resend keeps its
@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
@@ -26,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::catchup::{CatchUp, Skipped, Step};
 use super::queue::{PartitionQueue, item_range};
 use super::sender::{Unit, UnitResult};
+use super::tail::{partition_end, read_held};
 use super::topics::{GateContext, RECHECK, TopicGate, TopicStatus};
+use super::window::{Action, Window};
 use super::{Identity, Progress, Shared, Snapshot};
 use crate::client::{Backoff, IsolationLevel, is_metadata_error};
 use crate::tee::batch::RecordBatch;
@@ -34,18 +37,6 @@ use crate::tee::{Pending, TopicPartition};
 
 /// How often the same kind of trouble is logged per partition at warn level.
 const WARN_EVERY: Duration = Duration::from_secs(30);
-/// A front batch rejected as out of order this many times in a row gets a new
-/// producer identity.
-const OOO_STRIKES: u32 = 3;
-
-/// Kafka's sequence arithmetic: sequences wrap from i32::MAX to 0.
-pub(super) fn add_seq(seq: i32, n: i32) -> i32 {
-    if seq > i32::MAX - n {
-        n - (i32::MAX - seq) - 1
-    } else {
-        seq + n
-    }
-}
 
 /// How long the state shown on the status page mentions a DC2 offset jump.
 const JUMP_SHOWN: Duration = Duration::from_secs(600);
@@ -84,51 +75,11 @@ impl Ready {
     }
 }
 
-/// A batch in the window: sent (`rx` set) or waiting to be (re)sent.
-struct Sent {
-    ready: Ready,
-    seq: i32,
-    rx: Option<oneshot::Receiver<UnitResult>>,
+/// A send awaiting DC2's answer.
+struct Flight {
+    token: u64,
+    rx: oneshot::Receiver<UnitResult>,
     deadline: Instant,
-}
-
-/// What to do with a batch after DC2 answered.
-#[derive(Debug)]
-enum Class {
-    Acked,
-    Resend,
-    /// Resend with a new producer identity.
-    Renew,
-    /// DC2 will never take this batch.
-    Drop(ResponseError, Option<String>),
-}
-
-fn classify(r: &UnitResult) -> Class {
-    match r {
-        UnitResult::Acked { .. } => Class::Acked,
-        UnitResult::Unknown { .. } => Class::Resend,
-        UnitResult::Rejected { error, message } => match error {
-            ResponseError::UnknownProducerId
-            | ResponseError::InvalidProducerEpoch
-            | ResponseError::ProducerFenced
-            | ResponseError::InvalidProducerIdMapping => Class::Renew,
-            ResponseError::MessageTooLarge
-            | ResponseError::RecordListTooLarge
-            | ResponseError::InvalidRecord
-            | ResponseError::CorruptMessage
-            | ResponseError::InvalidTimestamp
-            | ResponseError::UnsupportedForMessageFormat
-            | ResponseError::UnsupportedCompressionType
-            | ResponseError::PolicyViolation
-            | ResponseError::InvalidTopicException
-            | ResponseError::TopicAuthorizationFailed
-            | ResponseError::ClusterAuthorizationFailed
-            | ResponseError::TransactionalIdAuthorizationFailed
-            | ResponseError::InvalidRequiredAcks
-            | ResponseError::InvalidRequest => Class::Drop(*error, message.clone()),
-            _ => Class::Resend,
-        },
-    }
 }
 
 fn error_code_label(e: ResponseError) -> String {
@@ -144,7 +95,7 @@ enum Next {
 }
 
 enum Event {
-    Front(UnitResult),
+    Front(u64, UnitResult),
     Input(Option<(Instant, Pending)>),
     Stop,
 }
@@ -162,14 +113,20 @@ pub(super) struct Worker {
     catchup_retry_at: Option<Instant>,
     catchup_backoff: Backoff,
     ready: VecDeque<Ready>,
-    inflight: VecDeque<Sent>,
+    window: Window<Ready>,
+    /// Sends awaiting an answer, in the order they were handed to the sender.
+    flights: VecDeque<Flight>,
+    /// Bytes this worker holds in its window, counted in `Shared::in_flight_bytes`.
+    window_bytes: usize,
+    window_full: bool,
+    /// What the answers since the last tail read or back-off call for: a metadata
+    /// refresh, and a new look at the DC2 topic.
+    refresh: bool,
+    invalidate: bool,
     ident: Option<Identity>,
     /// (producer id, epoch, next sequence) from the checkpoint, used if the identity
     /// in force is still that one.
     restored_seq: Option<(i64, i16, i32)>,
-    next_seq: i32,
-    /// Sequence following the last batch DC2 holds.
-    acked_seq: i32,
     /// Last DC1 offset known to be in DC2.
     acked: Option<i64>,
     /// Last DC1 offset taken into the window (later items at or below it are skipped).
@@ -190,7 +147,6 @@ pub(super) struct Worker {
     gate: Arc<TopicGate>,
     status: Option<TopicStatus>,
     backoff: Backoff,
-    ooo_strikes: u32,
     last_warn: Option<Instant>,
     /// The latest trouble, until the next batch gets through.
     trouble: Option<String>,
@@ -244,11 +200,14 @@ impl Worker {
             catchup_retry_at: None,
             catchup_backoff,
             ready: VecDeque::new(),
-            inflight: VecDeque::new(),
+            window: Window::new(sh.settings.window, 0),
+            flights: VecDeque::new(),
+            window_bytes: 0,
+            window_full: false,
+            refresh: false,
+            invalidate: false,
             ident: None,
             restored_seq: restored.map(|p| (p.producer_id, p.producer_epoch, p.next_sequence)),
-            next_seq: 0,
-            acked_seq: 0,
             acked: restored.map(|p| p.offset),
             sent_upto: restored.map(|p| p.offset),
             expect: restored.map(|p| p.offset + 1),
@@ -260,7 +219,6 @@ impl Worker {
             leader: None,
             status: None,
             backoff,
-            ooo_strikes: 0,
             last_warn: None,
             trouble: None,
             follow_at: Instant::now() + follow_every,
@@ -304,25 +262,20 @@ impl Worker {
             if !self.ensure_identity().await {
                 continue;
             }
-            if let Err(reason) = self.fill().await {
-                if hard.is_cancelled() {
-                    break;
-                }
-                self.warn_limited(&reason);
-                let results = self.settle().await;
-                self.recover(results).await;
-                let d = self.backoff.next_delay();
-                self.pause(d).await;
-                continue;
+            self.fill().await;
+            self.note_full(self.window.is_full());
+            self.act().await;
+            if hard.is_cancelled() {
+                break;
             }
-            if self.inflight.is_empty() {
+            if !self.flights.is_empty() {
+                self.await_front().await;
+            } else if self.window.is_empty() {
                 match self.catchup_retry_at {
                     Some(at) if self.catchup.is_some() => self.pause_until(at).await,
                     _ => self.idle().await,
                 }
-                continue;
             }
-            self.await_front().await;
         }
         self.release_all();
         self.sh
@@ -339,7 +292,7 @@ impl Worker {
         };
         let hard = self.sh.hard_stop.clone();
         let end = tokio::select! {
-            e = dc1_end(&self.sh.dc1, &self.tp, expect, IsolationLevel::ReadUncommitted) => e,
+            e = partition_end(&self.sh.dc1, &self.tp.topic, self.tp.partition, expect, IsolationLevel::ReadUncommitted) => e,
             _ = hard.cancelled() => return,
         };
         match end {
@@ -444,7 +397,7 @@ impl Worker {
         };
         let pending = self.queue.batch_bytes()
             + self.ready.iter().map(|r| r.budget).sum::<usize>()
-            + self.inflight.iter().map(|s| s.ready.budget).sum::<usize>();
+            + self.window.items().map(|r| r.budget).sum::<usize>();
         let state = match (&self.status, &self.trouble) {
             (Some(TopicStatus::Mismatch { dc1, dc2 }), _) => {
                 format!("held: partition counts differ (DC1 {dc1}, DC2 {dc2})")
@@ -488,7 +441,8 @@ impl Worker {
         input_done
             && self.queue.is_empty()
             && self.ready.is_empty()
-            && self.inflight.is_empty()
+            && self.window.is_empty()
+            && self.flights.is_empty()
             && self.catchup.is_none()
     }
 
@@ -606,10 +560,11 @@ impl Worker {
     fn hold(&mut self) {
         let mut released = 0;
         let mut ranges = Vec::new();
-        for s in self.inflight.drain(..) {
-            released += s.ready.budget;
-            ranges.push((s.ready.first, s.ready.last));
+        for r in self.window.drain() {
+            released += r.budget;
+            ranges.push((r.first, r.last));
         }
+        self.shrink_window(self.window_bytes);
         for r in self.ready.drain(..) {
             released += r.budget;
             ranges.push((r.first, r.last));
@@ -625,7 +580,6 @@ impl Worker {
         released += self.queue.batches_to_gaps();
         self.sh.budget.release(released);
         self.sent_upto = self.acked;
-        self.next_seq = self.acked_seq;
         self.catchup_retry_at = None;
         self.leader = None;
     }
@@ -635,7 +589,10 @@ impl Worker {
     async fn ensure_identity(&mut self) -> bool {
         let current = self.sh.identity.peek();
         if let (Some(mine), Some(cur)) = (self.ident, current) {
-            if mine.generation == cur.generation || !self.inflight.is_empty() {
+            if mine.generation == cur.generation
+                || !self.flights.is_empty()
+                || !self.window.is_open()
+            {
                 return true;
             }
             self.switch_identity(cur);
@@ -656,54 +613,217 @@ impl Worker {
     }
 
     fn switch_identity(&mut self, id: Identity) {
-        let seq = match self.restored_seq.take() {
-            Some((pid, epoch, seq)) if pid == id.producer_id && epoch == id.epoch => seq,
-            _ => 0,
+        let restored = match self.restored_seq.take() {
+            Some((pid, epoch, seq)) if pid == id.producer_id && epoch == id.epoch => Some(seq),
+            _ => None,
         };
         self.ident = Some(id);
-        self.acked_seq = seq;
-        self.renumber();
+        self.window.set_acked_seq(restored.unwrap_or(0));
+        if restored.is_some() {
+            // DC2 may hold batches written after the checkpoint: they are read back
+            // from DC1 and must not be written twice.
+            self.window.require_tail();
+        }
     }
 
-    /// Gives the window's batches contiguous sequence numbers after `acked_seq`.
-    fn renumber(&mut self) {
-        let mut seq = self.acked_seq;
-        for s in self.inflight.iter_mut() {
-            s.seq = seq;
-            seq = add_seq(seq, s.ready.span());
-        }
-        self.next_seq = seq;
-    }
-
-    /// (Re)sends what is waiting in the window, then takes new batches up to the
-    /// window size. Errors mean a batch could not be handed to DC2.
-    async fn fill(&mut self) -> Result<(), String> {
-        for i in 0..self.inflight.len() {
-            if self.inflight[i].rx.is_none() {
-                self.submit(i).await?;
-            }
-        }
-        while self.inflight.len() < self.sh.settings.window {
+    /// Takes batches into the window while it has room (in batches and bytes, and
+    /// within the replicator's total in-flight bytes).
+    async fn fill(&mut self) {
+        let cap = self.sh.settings.max_in_flight_bytes;
+        while self.window.has_room()
+            && (self.window.is_empty() || self.sh.in_flight_bytes.load(Ordering::Relaxed) < cap)
+        {
             match self.next_ready().await {
                 Next::Ready(r) => {
-                    let seq = self.next_seq;
-                    self.next_seq = add_seq(seq, r.span());
                     self.sent_upto = Some(self.sent_upto.map_or(r.last, |s| s.max(r.last)));
-                    self.inflight.push_back(Sent {
-                        ready: r,
-                        seq,
-                        rx: None,
-                        deadline: Instant::now(),
-                    });
-                    self.submit(self.inflight.len() - 1).await?;
+                    let (span, bytes) = (r.span(), r.batch.len());
+                    self.window_bytes += bytes;
+                    self.sh.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    self.window.offer(r, span, bytes);
                 }
                 Next::Idle | Next::Wait => break,
             }
         }
-        Ok(())
     }
 
-    async fn submit(&mut self, i: usize) -> Result<(), String> {
+    /// Keeps `kafka_tee_replication_window_full_partitions` counting this partition
+    /// while its window is full.
+    fn note_full(&mut self, full: bool) {
+        if full != self.window_full {
+            self.window_full = full;
+            let g = metrics::gauge!("kafka_tee_replication_window_full_partitions");
+            if full {
+                g.increment(1.0);
+            } else {
+                g.decrement(1.0);
+            }
+        }
+    }
+
+    fn shrink_window(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.window_bytes);
+        self.window_bytes -= bytes;
+        self.sh.in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Carries out the window's actions until it has none, or until a back-off (after
+    /// which the run loop looks at the topic and the identity again).
+    async fn act(&mut self) {
+        let hard = self.sh.hard_stop.clone();
+        while let Some(action) = self.window.poll() {
+            match action {
+                Action::Send { token, seq } => {
+                    if let Err(reason) = self.submit(token, seq).await {
+                        self.window.not_sent(token, reason);
+                    }
+                }
+                Action::Commit {
+                    item,
+                    seq,
+                    dc2_offset,
+                } => {
+                    self.shrink_window(item.batch.len());
+                    self.commit(item, seq, dc2_offset);
+                }
+                Action::Drop {
+                    item,
+                    error,
+                    message,
+                    at_front,
+                } => {
+                    self.shrink_window(item.batch.len());
+                    self.drop_batch(item, error, message, at_front);
+                }
+                Action::ReadTail { from_seq } => {
+                    self.apply_answers().await;
+                    let read = self.read_tail(from_seq).await;
+                    self.window.tail(read);
+                }
+                Action::Renew => {
+                    let renewed = self.renew().await;
+                    self.window.renewed(renewed);
+                }
+                Action::Wait { reason } => {
+                    self.apply_answers().await;
+                    self.warn_limited(&format!("{}: {reason}", self.tp));
+                    let d = self.backoff.next_delay();
+                    self.pause(d).await;
+                    self.window.resume();
+                    return;
+                }
+            }
+            if hard.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Asks DC2 which batches of the current identity it holds from `from_seq` on.
+    async fn read_tail(&mut self, from_seq: i32) -> Result<Vec<super::window::Held>, String> {
+        let Some(id) = self.ident else {
+            return Err("no DC2 producer id yet".into());
+        };
+        metrics::counter!("kafka_tee_dc2_tail_reads_total").increment(1);
+        let hard = self.sh.hard_stop.clone();
+        let read = tokio::select! {
+            r = read_held(
+                &self.sh.dc2,
+                &self.dc2_topic,
+                self.tp.partition,
+                (id.producer_id, id.epoch),
+                from_seq,
+                self.dc2_next,
+            ) => r,
+            _ = hard.cancelled() => return Err("stopping".into()),
+        };
+        match read {
+            Ok(held) => {
+                tracing::info!(
+                    partition = %self.tp, from_seq, held = held.len(),
+                    "read DC2's tail: batches DC2 holds are not sent again"
+                );
+                metrics::counter!("kafka_tee_dc2_tail_held_batches_total")
+                    .increment(held.len() as u64);
+                Ok(held)
+            }
+            Err(e) => {
+                metrics::counter!("kafka_tee_dc2_tail_read_errors_total").increment(1);
+                if e.needs_metadata_refresh() {
+                    self.leader = None;
+                    let _ = self
+                        .sh
+                        .dc2
+                        .refresh_metadata_coalesced(&[&self.dc2_topic])
+                        .await;
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// A new DC2 producer identity (numbering restarts at 0), or `None` on failure.
+    async fn renew(&mut self) -> Option<i32> {
+        let stale = self.ident?;
+        match self.sh.identity.renew(&self.sh.dc2, stale.generation).await {
+            Ok(id) => {
+                tracing::warn!(
+                    partition = %self.tp, producer_id = id.producer_id, epoch = id.epoch,
+                    "DC2 lost track of the replicator's producer; continuing with a new producer id"
+                );
+                self.ident = Some(id);
+                // A new identity's batches start right after what DC2 holds now.
+                self.dc2_next = None;
+                Some(0)
+            }
+            Err(e) => {
+                self.warn_limited(&format!("cannot renew the DC2 producer id: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Notes what an answer says beyond the batch itself (errors counted, metadata to
+    /// refresh, the topic to check again).
+    fn note_answer(&mut self, r: &UnitResult) {
+        match r {
+            UnitResult::Unknown { refresh, .. } => {
+                self.refresh |= *refresh;
+                // The broker may have restarted and lost the topic; Tansu 0.6 acks
+                // Produce to a missing topic without storing anything, so the topic
+                // is checked again before the resend.
+                self.invalidate = true;
+            }
+            UnitResult::Rejected { error, .. } => {
+                metrics::counter!("kafka_tee_dc2_errors_total", "code" => error_code_label(*error))
+                    .increment(1);
+                self.refresh |= is_metadata_error(*error);
+                self.invalidate |= matches!(
+                    error,
+                    ResponseError::UnknownTopicOrPartition | ResponseError::UnknownProducerId
+                );
+            }
+            UnitResult::Acked { .. } => {}
+        }
+    }
+
+    /// Before a tail read or a resend: forgets the leader, refreshes metadata and has
+    /// the topic checked again when the answers called for it.
+    async fn apply_answers(&mut self) {
+        self.leader = None;
+        if std::mem::take(&mut self.refresh) {
+            let _ = self
+                .sh
+                .dc2
+                .refresh_metadata_coalesced(&[&self.dc2_topic])
+                .await;
+        }
+        if std::mem::take(&mut self.invalidate) {
+            self.gate.invalidate().await;
+            self.status = None;
+        }
+    }
+
+    async fn submit(&mut self, token: u64, seq: i32) -> Result<(), String> {
         let Some(ident) = self.ident else {
             return Err("no DC2 producer id yet".into());
         };
@@ -716,8 +836,7 @@ impl Worker {
                 }
                 Err(e) => {
                     if matches!(e, crate::client::ClientError::UnknownTopic { .. }) {
-                        self.gate.invalidate().await;
-                        self.status = None;
+                        self.invalidate = true;
                     }
                     return Err(format!(
                         "no DC2 leader for {}-{}: {e}",
@@ -727,11 +846,10 @@ impl Worker {
             },
         };
         let sender = self.sh.sender(leader);
-        let s = &mut self.inflight[i];
-        let batch = s
-            .ready
-            .batch
-            .patch(ident.producer_id, ident.epoch, s.seq, true);
+        let Some(ready) = self.window.sending(token) else {
+            return Err("batch no longer in the window".into());
+        };
+        let batch = ready.batch.patch(ident.producer_id, ident.epoch, seq, true);
         let (tx, rx) = oneshot::channel();
         let unit = Unit {
             topic: self.dc2_topic.clone(),
@@ -744,8 +862,11 @@ impl Worker {
             r = sender.send(unit) => r.map_err(|_| "the DC2 sender stopped".to_string())?,
             _ = hard.cancelled() => return Err("stopping".into()),
         }
-        s.rx = Some(rx);
-        s.deadline = Instant::now() + self.sh.settings.request_timeout * 3;
+        self.flights.push_back(Flight {
+            token,
+            rx,
+            deadline: Instant::now() + self.sh.settings.request_timeout * 3,
+        });
         Ok(())
     }
 
@@ -876,208 +997,42 @@ impl Worker {
         );
         metrics::counter!("kafka_tee_data_lost_records_total").increment(n);
         self.sent_upto = Some(self.sent_upto.map_or(to, |s| s.max(to)));
-        if self.inflight.is_empty() && self.ready.is_empty() {
+        if self.window.is_empty() && self.ready.is_empty() {
             self.acked = Some(self.acked.map_or(to, |a| a.max(to)));
             self.publish();
         }
     }
 
+    /// Waits for the answer to the oldest send (taking in new items meanwhile) and
+    /// hands it to the window.
     async fn await_front(&mut self) {
         let hard = self.sh.hard_stop.clone();
         let ev = {
             let rx_open = self.rx_open;
             let input = &mut self.rx;
-            let Some(front) = self.inflight.front_mut() else {
+            let Some(front) = self.flights.front_mut() else {
                 return;
             };
-            let deadline = front.deadline;
-            match front.rx.as_mut() {
-                None => Event::Front(UnitResult::Unknown {
-                    reason: "not sent".into(),
-                    refresh: false,
+            let (token, deadline) = (front.token, front.deadline);
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), &mut front.rx) => Event::Front(token, match r {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => UnitResult::Unknown { reason: "the DC2 sender dropped the batch".into(), refresh: false },
+                    Err(_) => UnitResult::Unknown { reason: "no answer from DC2 in time".into(), refresh: true },
                 }),
-                Some(rx) => tokio::select! {
-                    r = tokio::time::timeout_at(deadline.into(), rx) => Event::Front(match r {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(_)) => UnitResult::Unknown { reason: "the DC2 sender dropped the batch".into(), refresh: false },
-                        Err(_) => UnitResult::Unknown { reason: "no answer from DC2 in time".into(), refresh: true },
-                    }),
-                    item = input.recv(), if rx_open => Event::Input(item),
-                    _ = hard.cancelled() => Event::Stop,
-                },
+                item = input.recv(), if rx_open => Event::Input(item),
+                _ = hard.cancelled() => Event::Stop,
             }
         };
         match ev {
             Event::Stop => {}
             Event::Input(Some((at, item))) => self.accept(at, item),
             Event::Input(None) => self.rx_open = false,
-            Event::Front(r) => {
-                if let Some(front) = self.inflight.front_mut() {
-                    front.rx = None;
-                }
-                if let UnitResult::Acked { dc2_offset } = r {
-                    if let Some(s) = self.inflight.pop_front() {
-                        self.commit(s.ready, s.seq, dc2_offset);
-                    }
-                    return;
-                }
-                if let UnitResult::Rejected {
-                    error: ResponseError::OutOfOrderSequenceNumber,
-                    ..
-                } = r
-                {
-                    self.ooo_strikes += 1;
-                }
-                let dropped = matches!(classify(&r), Class::Drop(..));
-                let describe = match &r {
-                    UnitResult::Rejected { error, message } => format!(
-                        "DC2 rejected a batch of {} with {error}{}",
-                        self.tp,
-                        message
-                            .as_deref()
-                            .map(|m| format!(" ({m})"))
-                            .unwrap_or_default()
-                    ),
-                    UnitResult::Unknown { reason, .. } => {
-                        format!("no DC2 answer for a batch of {}: {reason}", self.tp)
-                    }
-                    UnitResult::Acked { .. } => String::new(),
-                };
-                let mut results = self.settle().await;
-                if let Some(first) = results.first_mut() {
-                    *first = r;
-                }
-                self.recover(results).await;
-                // When the only problem was a batch dropped for good (already logged),
-                // the batches after it go out again at once.
-                if !self.inflight.is_empty() && !dropped {
-                    self.warn_limited(&describe);
-                    let d = self.backoff.next_delay();
-                    self.pause(d).await;
-                }
+            Event::Front(token, r) => {
+                self.flights.pop_front();
+                self.note_answer(&r);
+                self.window.answer(token, r);
             }
-        }
-    }
-
-    /// Collects the outcome of every batch in the window (waiting for those in flight).
-    async fn settle(&mut self) -> Vec<UnitResult> {
-        let hard = self.sh.hard_stop.clone();
-        let mut out = Vec::with_capacity(self.inflight.len());
-        for s in self.inflight.iter_mut() {
-            let r = match s.rx.take() {
-                None => UnitResult::Unknown {
-                    reason: "not sent".into(),
-                    refresh: false,
-                },
-                Some(rx) => tokio::select! {
-                    r = tokio::time::timeout_at(s.deadline.into(), rx) => match r {
-                        Ok(Ok(r)) => r,
-                        _ => UnitResult::Unknown { reason: "no answer from DC2".into(), refresh: true },
-                    },
-                    _ = hard.cancelled() => UnitResult::Unknown { reason: "stopping".into(), refresh: false },
-                },
-            };
-            out.push(r);
-        }
-        out
-    }
-
-    /// Applies the settled outcomes of the whole window: commits what DC2 has, drops
-    /// what it never will, and leaves the rest to be resent in order.
-    async fn recover(&mut self, results: Vec<UnitResult>) {
-        let classes: Vec<Class> = results.iter().map(classify).collect();
-        // Brokers only accept a batch after the ones before it (sequence check), so a
-        // batch with no answer before an acknowledged one was written.
-        let last_acked = classes.iter().rposition(|c| matches!(c, Class::Acked));
-        let mut refresh = false;
-        let mut renew = self.ooo_strikes >= OOO_STRIKES;
-        let mut invalidate = false;
-        let entries: Vec<Sent> = self.inflight.drain(..).collect();
-        let mut keep = VecDeque::new();
-        for (i, ((mut s, class), result)) in
-            entries.into_iter().zip(classes).zip(results).enumerate()
-        {
-            match &result {
-                UnitResult::Unknown { refresh: r, .. } => {
-                    refresh |= *r;
-                    // The broker may have restarted and lost the topic; Tansu 0.6 acks
-                    // Produce to a missing topic without storing anything, so the
-                    // topic is checked again before the resend.
-                    invalidate = true;
-                }
-                UnitResult::Rejected { error, .. } => {
-                    metrics::counter!("kafka_tee_dc2_errors_total", "code" => error_code_label(*error))
-                        .increment(1);
-                    refresh |= is_metadata_error(*error);
-                    invalidate |= matches!(
-                        error,
-                        ResponseError::UnknownTopicOrPartition | ResponseError::UnknownProducerId
-                    );
-                }
-                UnitResult::Acked { .. } => {}
-            }
-            let class = match class {
-                Class::Resend | Class::Renew if last_acked.is_some_and(|l| i < l) => {
-                    if let UnitResult::Rejected { error, .. } = &result {
-                        tracing::warn!(
-                            partition = %self.tp, offset = s.ready.first, %error,
-                            "DC2 acknowledged a later batch after rejecting this one; treating it as written"
-                        );
-                    }
-                    Class::Acked
-                }
-                c => c,
-            };
-            match class {
-                Class::Acked if keep.is_empty() => {
-                    let dc2_offset = match result {
-                        UnitResult::Acked { dc2_offset } => dc2_offset,
-                        _ => None,
-                    };
-                    self.commit(s.ready, s.seq, dc2_offset);
-                }
-                Class::Acked | Class::Resend => {
-                    s.rx = None;
-                    keep.push_back(s);
-                }
-                Class::Renew => {
-                    renew = true;
-                    s.rx = None;
-                    keep.push_back(s);
-                }
-                Class::Drop(error, message) => {
-                    let at_front = keep.is_empty();
-                    self.drop_batch(s.ready, error, message, at_front);
-                }
-            }
-        }
-        self.inflight = keep;
-        self.leader = None;
-        if renew && let Some(stale) = self.ident {
-            match self.sh.identity.renew(&self.sh.dc2, stale.generation).await {
-                Ok(id) => {
-                    tracing::warn!(
-                        partition = %self.tp, producer_id = id.producer_id, epoch = id.epoch,
-                        "DC2 lost track of the replicator's producer; continuing with a new producer id"
-                    );
-                    self.ident = Some(id);
-                    self.acked_seq = 0;
-                    self.ooo_strikes = 0;
-                }
-                Err(e) => self.warn_limited(&format!("cannot renew the DC2 producer id: {e}")),
-            }
-        }
-        self.renumber();
-        if refresh {
-            let _ = self
-                .sh
-                .dc2
-                .refresh_metadata_coalesced(&[&self.dc2_topic])
-                .await;
-        }
-        if invalidate {
-            self.gate.invalidate().await;
-            self.status = None;
         }
     }
 
@@ -1090,7 +1045,7 @@ impl Worker {
             .map(|a| a.at);
         let latency = pushed_at.map_or(Duration::ZERO, |t| t.elapsed());
         metrics::histogram!("kafka_tee_replication_latency_seconds").record(latency.as_secs_f64());
-        self.acked_seq = add_seq(seq, ready.span());
+        let _ = seq;
         self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
         self.sh.budget.release(ready.budget);
         metrics::counter!("kafka_tee_replicated_batches_total").increment(1);
@@ -1100,7 +1055,6 @@ impl Worker {
         if ready.from_dc1 {
             metrics::counter!("kafka_tee_catchup_batches_total").increment(1);
         }
-        self.ooo_strikes = 0;
         self.backoff.reset();
         self.trouble = None;
         self.publish();
@@ -1213,7 +1167,7 @@ impl Worker {
                     offset,
                     producer_id: id.producer_id,
                     producer_epoch: id.epoch,
-                    next_sequence: self.acked_seq,
+                    next_sequence: self.window.acked_seq(),
                 },
             );
             // Waiters wake up now, so everything they may read is already updated.
@@ -1310,7 +1264,7 @@ impl Worker {
         let from = seen.saturating_add(1);
         let hard = self.sh.hard_stop.clone();
         let end = tokio::select! {
-            e = dc1_end(&self.sh.dc1, &self.tp, from, IsolationLevel::ReadCommitted) => e,
+            e = partition_end(&self.sh.dc1, &self.tp.topic, self.tp.partition, from, IsolationLevel::ReadCommitted) => e,
             _ = hard.cancelled() => return,
         };
         let base = self.sh.settings.follow_interval.unwrap_or(FOLLOW_MAX);
@@ -1349,118 +1303,40 @@ impl Worker {
         }
     }
 
-    /// Frees every budget byte still held; the worker is stopping.
+    /// Frees every budget byte still held; the worker is stopping. Batches the
+    /// window already knows DC2 holds are committed first, so the checkpoint has them.
     fn release_all(&mut self) {
+        for a in self.window.take_decided() {
+            match a {
+                Action::Commit {
+                    item,
+                    seq,
+                    dc2_offset,
+                } => self.commit(item, seq, dc2_offset),
+                Action::Drop {
+                    item,
+                    error,
+                    message,
+                    at_front,
+                } => self.drop_batch(item, error, message, at_front),
+                _ => {}
+            }
+        }
         let mut released = self.queue.clear();
         released += self.ready.drain(..).map(|r| r.budget).sum::<usize>();
         released += self
-            .inflight
-            .drain(..)
-            .map(|s| s.ready.budget)
+            .window
+            .drain()
+            .into_iter()
+            .map(|r| r.budget)
             .sum::<usize>();
+        self.shrink_window(self.window_bytes);
+        self.note_full(false);
         self.sh.budget.release(released);
         if self.lag_reported != 0 {
             metrics::gauge!("kafka_tee_replication_lag_records", "topic" => self.tp.topic.to_string())
                 .decrement(self.lag_reported as f64);
             self.lag_reported = 0;
         }
-    }
-}
-
-/// The offset after the last one DC1 has for a partition, read from `from` with a
-/// Fetch (Tansu's ListOffsets "latest" is not reliable): the high watermark, or with
-/// read_committed the last stable offset (where an open transaction begins) when the
-/// broker reports it.
-pub(super) async fn dc1_end(
-    dc1: &crate::client::Client,
-    tp: &TopicPartition,
-    from: i64,
-    isolation: IsolationLevel,
-) -> Result<i64, crate::client::ClientError> {
-    let at = |offset| {
-        dc1.fetch(
-            &tp.topic,
-            tp.partition,
-            offset,
-            // Only the offsets are wanted; a broker still returns one batch.
-            1,
-            // Tansu 0.6 answers a fetch with no wait at all without the partition.
-            Duration::from_millis(50),
-            isolation,
-        )
-    };
-    let end = |f: crate::client::FetchedPartition| match isolation {
-        IsolationLevel::ReadCommitted if f.last_stable_offset >= 0 => f.last_stable_offset,
-        _ => f.high_watermark,
-    };
-    match at(from).await {
-        Ok(f) => Ok(end(f)),
-        Err(e) if e.kafka_error() == Some(ResponseError::OffsetOutOfRange) => {
-            let start = dc1
-                .list_offset(&tp.topic, tp.partition, crate::client::EARLIEST)
-                .await?;
-            if from < start {
-                Ok(end(at(start).await?))
-            } else {
-                // Past DC1's end: nothing to resume.
-                Ok(from)
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequences_wrap_like_kafka() {
-        assert_eq!(add_seq(0, 5), 5);
-        assert_eq!(add_seq(i32::MAX - 2, 2), i32::MAX);
-        assert_eq!(add_seq(i32::MAX - 2, 3), 0);
-        assert_eq!(add_seq(i32::MAX, 1), 0);
-        assert_eq!(add_seq(i32::MAX, 10), 9);
-    }
-
-    #[test]
-    fn errors_are_classified() {
-        let rej = |error| UnitResult::Rejected {
-            error,
-            message: None,
-        };
-        assert!(matches!(
-            classify(&UnitResult::Acked {
-                dc2_offset: Some(0)
-            }),
-            Class::Acked
-        ));
-        assert!(matches!(
-            classify(&rej(ResponseError::NotLeaderOrFollower)),
-            Class::Resend
-        ));
-        assert!(matches!(
-            classify(&rej(ResponseError::OutOfOrderSequenceNumber)),
-            Class::Resend
-        ));
-        assert!(matches!(
-            classify(&rej(ResponseError::UnknownProducerId)),
-            Class::Renew
-        ));
-        assert!(matches!(
-            classify(&rej(ResponseError::MessageTooLarge)),
-            Class::Drop(..)
-        ));
-        assert!(matches!(
-            classify(&rej(ResponseError::TopicAuthorizationFailed)),
-            Class::Drop(..)
-        ));
-        assert!(matches!(
-            classify(&UnitResult::Unknown {
-                reason: String::new(),
-                refresh: true
-            }),
-            Class::Resend
-        ));
     }
 }
