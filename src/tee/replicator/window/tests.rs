@@ -34,7 +34,7 @@ fn unknown() -> UnitResult {
 
 /// Every action available now.
 fn drain(w: &mut Window<usize>) -> Vec<Action<usize>> {
-    std::iter::from_fn(|| w.poll()).collect()
+    std::iter::from_fn(|| w.poll(true)).collect()
 }
 
 /// Offers batches `ids` (span 1 each unless given) and returns the sends as (token, seq).
@@ -254,7 +254,10 @@ fn a_failed_tail_read_is_retried_before_anything_is_resent() {
     w.tail(Err("connection refused".into()));
     let a = drain(&mut w);
     assert!(matches!(a.as_slice(), [Action::Wait { .. }]), "{a:?}");
-    assert!(w.poll().is_none(), "nothing is sent while DC2 is unread");
+    assert!(
+        w.poll(true).is_none(),
+        "nothing is sent while DC2 is unread"
+    );
     w.resume();
     assert!(matches!(
         drain(&mut w).as_slice(),
@@ -585,7 +588,7 @@ fn run_with_faults(seed: u64, n: usize) {
             w.offer(offered, spans[offered], 100);
             offered += 1;
         }
-        while let Some(a) = w.poll() {
+        while let Some(a) = w.poll(true) {
             match a {
                 Action::Send { token, seq } => {
                     let id = *w.sending(token).expect("current send");

@@ -1,0 +1,473 @@
+//! A scripted stand-in for a Kafka broker, for what Tansu cannot show.
+//!
+//! As DC2 it follows Apache Kafka's idempotent-producer rules to the letter: a new
+//! producer's first sequence is 0, each batch must carry exactly the next sequence,
+//! the last 5 batches per producer and partition are remembered (a resend of one of
+//! them is DUPLICATE_SEQUENCE_NUMBER), any other sequence is
+//! OUT_OF_ORDER_SEQUENCE_NUMBER, an unknown producer id is UNKNOWN_PRODUCER_ID. What
+//! it stores is appended to its log with offsets and served by Fetch, as a broker's
+//! tail is. Scripted actions inject errors and lost connections. As DC1 it serves a
+//! log whose start can be moved, as retention would.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
+    FetchResponse, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
+    api_versions_response::ApiVersion,
+    create_topics_response::CreatableTopicResult,
+    fetch_response::{FetchableTopicResponse, PartitionData},
+    list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
+    metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
+    produce_response::{PartitionProduceResponse, TopicProduceResponse},
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::records::RecordBatchDecoder;
+use kafka_tee::tee::batch::RecordBatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the mock does with a batch, by the batch's tag.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Error(i16),
+    /// Drop the connection; the batch is not stored.
+    CloseBeforeWrite,
+    /// Store the batch, then drop the connection without answering.
+    WriteThenClose,
+    /// Forget the producer id (UNKNOWN_PRODUCER_ID from now on).
+    ForgetProducer,
+    /// Store this batch and the next n-1 stored without answering any of them, then
+    /// drop the connection: DC2 holds n batches whose answers are lost.
+    WriteSilently(u32),
+}
+
+/// One stored batch: tag, producer id, base sequence.
+pub type Stored = (String, i64, i32);
+
+#[derive(Default)]
+pub struct State {
+    pub topics: HashMap<String, i32>,
+    pub script: HashMap<String, VecDeque<Action>>,
+    /// Tags that fail with this error every time.
+    pub always: HashMap<String, i16>,
+    pub stored: HashMap<(String, i32), Vec<Stored>>,
+    known: HashSet<i64>,
+    next_pid: i64,
+    /// (pid, topic, partition) -> (first and last sequences of the last 5 batches, next sequence)
+    seqs: HashMap<(i64, String, i32), (VecDeque<(i32, i32)>, i32)>,
+    /// As DC1: batches per partition (base offsets set) and the log start offset.
+    pub log: HashMap<(String, i32), Vec<Bytes>>,
+    pub log_start: i64,
+    /// As DC1: batches (by base offset) counted in the high watermark but left out
+    /// of this many more fetches that reach them (u32::MAX: always), as Tansu does
+    /// between taking an offset and storing the batch, or as compaction leaves it.
+    pub unlisted: HashMap<(String, i32, i64), u32>,
+    /// Stored batches still to be written without an answer (see `WriteSilently`).
+    silent: u32,
+}
+
+impl State {
+    /// Appends a batch to the DC1 log, setting its base offset.
+    pub fn append(&mut self, topic: &str, partition: i32, batch: &Bytes) -> i64 {
+        let log = self.log.entry((topic.to_string(), partition)).or_default();
+        let base = log.last().map_or(0, end_of);
+        let mut b = BytesMut::from(&batch[..]);
+        b[..8].copy_from_slice(&base.to_be_bytes());
+        log.push(b.freeze());
+        base
+    }
+
+    fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+        self.log
+            .get(&(topic.to_string(), partition))
+            .and_then(|l| l.last())
+            .map_or(0, end_of)
+    }
+}
+
+/// The offset after a batch's last record.
+fn end_of(b: &Bytes) -> i64 {
+    let rb = RecordBatch::parse(b.clone()).expect("batch");
+    rb.base_offset() + i64::from(rb.last_offset_delta()) + 1
+}
+
+enum Outcome {
+    Code(i16),
+    /// Stored at this offset.
+    Stored(i64),
+    Close,
+    StoreThenClose,
+    /// Stored; no answer.
+    Silent,
+}
+
+impl State {
+    fn produce(&mut self, topic: &str, partition: i32, records: &Bytes) -> Outcome {
+        let Ok(batch) = RecordBatch::parse(records.clone()) else {
+            return Outcome::Code(87);
+        };
+        let tag = tag_of(records);
+        if let Some(code) = self.always.get(&tag) {
+            return Outcome::Code(*code);
+        }
+        // Errors and lost connections hit whatever arrives; the other actions wait
+        // for the batch to arrive in sequence.
+        let action = self.script.get(&tag).and_then(|q| q.front().copied());
+        match action {
+            Some(Action::Error(code)) => {
+                self.pop(&tag);
+                return Outcome::Code(code);
+            }
+            Some(Action::CloseBeforeWrite) => {
+                self.pop(&tag);
+                return Outcome::Close;
+            }
+            _ => {}
+        }
+        let pid = batch.producer_id();
+        if !self.known.contains(&pid) {
+            return Outcome::Code(59);
+        }
+        let seq = batch.base_sequence();
+        let last = seq + batch.last_offset_delta();
+        let key = (pid, topic.to_string(), partition);
+        let (recent, next) = self.seqs.entry(key).or_insert((VecDeque::new(), 0));
+        if recent.contains(&(seq, last)) {
+            return Outcome::Code(46);
+        }
+        if seq != *next {
+            return Outcome::Code(45);
+        }
+        if let Some(Action::ForgetProducer) = action {
+            self.pop(&tag);
+            self.known.remove(&pid);
+            return Outcome::Code(59);
+        }
+        recent.push_back((seq, last));
+        if recent.len() > 5 {
+            recent.pop_front();
+        }
+        *next = last + 1;
+        self.stored
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .push((tag.clone(), pid, seq));
+        let offset = self.append(topic, partition, records);
+        if let Some(Action::WriteSilently(n)) = action {
+            self.pop(&tag);
+            self.silent = n;
+        }
+        if self.silent > 0 {
+            self.silent -= 1;
+            return if self.silent == 0 {
+                Outcome::StoreThenClose
+            } else {
+                Outcome::Silent
+            };
+        }
+        if let Some(Action::WriteThenClose) = action {
+            self.pop(&tag);
+            return Outcome::StoreThenClose;
+        }
+        Outcome::Stored(offset)
+    }
+
+    /// Answers again from now on (ends a `WriteSilently`).
+    pub fn silent_off(&mut self) {
+        self.silent = 0;
+    }
+
+    fn pop(&mut self, tag: &str) {
+        if let Some(q) = self.script.get_mut(tag) {
+            q.pop_front();
+        }
+    }
+}
+
+/// The tag of a test batch: the second word of its first record's value.
+pub fn tag_of(records: &Bytes) -> String {
+    let mut b = records.clone();
+    RecordBatchDecoder::decode(&mut b)
+        .ok()
+        .and_then(|set| set.records.into_iter().next())
+        .and_then(|r| r.value)
+        .and_then(|v| {
+            String::from_utf8_lossy(&v)
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+pub struct MockDc2 {
+    pub addr: String,
+    pub state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockDc2 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockDc2 {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(State {
+            next_pid: 1000,
+            ..State::default()
+        }));
+        let st = state.clone();
+        let port = addr.port();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve(sock, st.clone(), port));
+            }
+        });
+        Self {
+            addr: addr.to_string(),
+            state,
+            task,
+        }
+    }
+
+    pub fn stored(&self, topic: &str, partition: i32) -> Vec<Stored> {
+        let st = self.state.lock().expect("state");
+        st.stored
+            .get(&(topic.to_string(), partition))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &T) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    let mut h = ResponseHeader::default();
+    h.correlation_id = correlation_id;
+    h.encode(&mut buf, T::header_version(version))
+        .expect("header");
+    body.encode(&mut buf, version).expect("body");
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, port: u16) {
+    loop {
+        let Ok(len) = sock.read_i32().await else {
+            return;
+        };
+        let mut body = vec![0u8; len as usize];
+        if sock.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let mut body = Bytes::from(body);
+        let key = ApiKey::try_from((&body[..2]).get_i16()).expect("api key");
+        let version = (&body[2..4]).get_i16();
+        let header = RequestHeader::decode(&mut body, key.request_header_version(version))
+            .expect("request header");
+        let cid = header.correlation_id;
+        let (frame, close) = match key {
+            ApiKey::ApiVersions => {
+                let mut r = ApiVersionsResponse::default();
+                for (k, lo, hi) in [
+                    (0, 3, 9),
+                    (1, 4, 11),
+                    (2, 1, 7),
+                    (3, 1, 9),
+                    (18, 0, 3),
+                    (19, 2, 5),
+                    (22, 0, 4),
+                ] {
+                    let mut v = ApiVersion::default();
+                    v.api_key = k;
+                    v.min_version = lo;
+                    v.max_version = hi;
+                    r.api_keys.push(v);
+                }
+                (respond(cid, version, &r), false)
+            }
+            ApiKey::Metadata => {
+                let req = MetadataRequest::decode(&mut body, version).expect("metadata");
+                let st = state.lock().expect("state");
+                let names: Vec<String> = match req.topics {
+                    Some(ts) => ts
+                        .into_iter()
+                        .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                        .collect(),
+                    None => st.topics.keys().cloned().collect(),
+                };
+                let mut r = MetadataResponse::default();
+                let mut b = MetadataResponseBroker::default();
+                b.node_id = BrokerId(1);
+                b.host = StrBytes::from_static_str("127.0.0.1");
+                b.port = i32::from(port);
+                r.brokers = vec![b];
+                r.controller_id = BrokerId(1);
+                for n in names {
+                    let mut t = MetadataResponseTopic::default();
+                    t.name = Some(TopicName(StrBytes::from_string(n.clone())));
+                    match st.topics.get(&n) {
+                        Some(count) => {
+                            t.partitions = (0..*count)
+                                .map(|i| {
+                                    let mut p = MetadataResponsePartition::default();
+                                    p.partition_index = i;
+                                    p.leader_id = BrokerId(1);
+                                    p.replica_nodes = vec![BrokerId(1)];
+                                    p.isr_nodes = vec![BrokerId(1)];
+                                    p
+                                })
+                                .collect();
+                        }
+                        None => t.error_code = 3,
+                    }
+                    r.topics.push(t);
+                }
+                (respond(cid, version, &r), false)
+            }
+            ApiKey::InitProducerId => {
+                let mut st = state.lock().expect("state");
+                let pid = st.next_pid;
+                st.next_pid += 1;
+                st.known.insert(pid);
+                let mut r = InitProducerIdResponse::default();
+                r.producer_id = pid.into();
+                r.producer_epoch = 0;
+                (respond(cid, version, &r), false)
+            }
+            ApiKey::CreateTopics => {
+                let req = CreateTopicsRequest::decode(&mut body, version).expect("create");
+                let mut st = state.lock().expect("state");
+                let mut r = CreateTopicsResponse::default();
+                for t in req.topics {
+                    let mut res = CreatableTopicResult::default();
+                    res.name = t.name.clone();
+                    if st.topics.contains_key(t.name.0.as_str()) {
+                        res.error_code = 36;
+                    } else {
+                        st.topics.insert(t.name.0.to_string(), t.num_partitions);
+                    }
+                    r.topics.push(res);
+                }
+                (respond(cid, version, &r), false)
+            }
+            ApiKey::Produce => {
+                let req = ProduceRequest::decode(&mut body, version).expect("produce");
+                let mut st = state.lock().expect("state");
+                let mut r = ProduceResponse::default();
+                let mut close = None;
+                let mut silent = false;
+                for t in req.topic_data {
+                    let mut tr = TopicProduceResponse::default();
+                    tr.name = t.name.clone();
+                    for p in t.partition_data {
+                        let records = p.records.unwrap_or_default();
+                        let mut pr = PartitionProduceResponse::default();
+                        pr.index = p.index;
+                        match st.produce(t.name.0.as_str(), p.index, &records) {
+                            Outcome::Code(c) => pr.error_code = c,
+                            Outcome::Stored(offset) => pr.base_offset = offset,
+                            Outcome::Close => close = Some(false),
+                            Outcome::StoreThenClose => close = Some(true),
+                            Outcome::Silent => silent = true,
+                        }
+                        tr.partition_responses.push(pr);
+                    }
+                    r.responses.push(tr);
+                }
+                if close.is_some() {
+                    return;
+                }
+                if silent {
+                    continue;
+                }
+                (respond(cid, version, &r), false)
+            }
+            ApiKey::Fetch => {
+                let req = FetchRequest::decode(&mut body, version).expect("fetch");
+                let mut st = state.lock().expect("state");
+                let mut r = FetchResponse::default();
+                for t in req.topics {
+                    let mut tr = FetchableTopicResponse::default();
+                    tr.topic = t.topic.clone();
+                    for p in t.partitions {
+                        let name = t.topic.0.to_string();
+                        let hw = st.high_watermark(&name, p.partition);
+                        let st = &mut *st;
+                        let mut pd = PartitionData::default();
+                        pd.partition_index = p.partition;
+                        pd.high_watermark = hw;
+                        pd.last_stable_offset = hw;
+                        pd.log_start_offset = st.log_start;
+                        pd.aborted_transactions = Some(Vec::new());
+                        if p.fetch_offset < st.log_start || p.fetch_offset > hw {
+                            pd.error_code = 1;
+                        } else {
+                            let mut out = BytesMut::new();
+                            for b in st
+                                .log
+                                .get(&(name.clone(), p.partition))
+                                .into_iter()
+                                .flatten()
+                            {
+                                if end_of(b) > p.fetch_offset
+                                    && out.len() < p.partition_max_bytes as usize
+                                {
+                                    let base =
+                                        i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                                    if let Some(n) =
+                                        st.unlisted.get_mut(&(name.clone(), p.partition, base))
+                                        && *n > 0
+                                    {
+                                        *n = n.saturating_sub(u32::from(*n != u32::MAX));
+                                        continue;
+                                    }
+                                    out.extend_from_slice(b);
+                                }
+                            }
+                            pd.records = Some(out.freeze());
+                        }
+                        tr.partitions.push(pd);
+                    }
+                    r.responses.push(tr);
+                }
+                (respond(cid, version, &r), false)
+            }
+            ApiKey::ListOffsets => {
+                let req = ListOffsetsRequest::decode(&mut body, version).expect("list");
+                let st = state.lock().expect("state");
+                let mut r = ListOffsetsResponse::default();
+                for t in req.topics {
+                    let mut tr = ListOffsetsTopicResponse::default();
+                    tr.name = t.name.clone();
+                    for p in t.partitions {
+                        let mut pr = ListOffsetsPartitionResponse::default();
+                        pr.partition_index = p.partition_index;
+                        pr.offset = if p.timestamp == -2 {
+                            st.log_start
+                        } else {
+                            st.high_watermark(t.name.0.as_str(), p.partition_index)
+                        };
+                        tr.partitions.push(pr);
+                    }
+                    r.topics.push(tr);
+                }
+                (respond(cid, version, &r), false)
+            }
+            _ => return,
+        };
+        if sock.write_all(&frame).await.is_err() || close {
+            return;
+        }
+    }
+}
