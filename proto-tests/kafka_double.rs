@@ -46,6 +46,10 @@ pub enum Action {
     WriteSilently(u32),
 }
 
+/// Of one producer in one partition: (first, last) sequence of the last 5 batches, and
+/// the next sequence.
+type ProducerState = (VecDeque<(i32, i32)>, i32);
+
 /// One stored batch: tag, producer id, base sequence.
 pub type Stored = (String, i64, i32);
 
@@ -59,7 +63,7 @@ pub struct State {
     known: HashSet<i64>,
     next_pid: i64,
     /// (pid, topic, partition) -> (first and last sequences of the last 5 batches, next sequence)
-    seqs: HashMap<(i64, String, i32), (VecDeque<(i32, i32)>, i32)>,
+    seqs: HashMap<(i64, String, i32), ProducerState>,
     /// As DC1: batches per partition (base offsets set) and the log start offset.
     pub log: HashMap<(String, i32), Vec<Bytes>>,
     pub log_start: i64,
