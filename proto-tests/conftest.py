@@ -12,6 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+import teeutil  # noqa: E402
+from harness import HOST  # noqa: E402
+from relay import Relay  # noqa: E402
 
 _PROCS = pytest.StashKey[list]()
 
@@ -89,3 +92,17 @@ def proxy(request, logdir, kafka_tee_bin):
     yield start
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def relayed_dc2(request, logdir):
+    """A DC2 Tansu broker behind a relay: it listens on its own port but advertises
+    the relay's, so every DC2 connection the proxy makes goes through the relay."""
+    relay_port = harness.free_port()
+    broker_port = harness.free_port()
+    relay = Relay((HOST, broker_port), relay_port).start()
+    broker = teeutil.start_tansu_at("dc2", logdir, broker_port, advertised_port=relay_port)
+    teeutil.register(request, broker.proc)
+    yield broker, relay
+    relay.stop()
+    broker.stop()

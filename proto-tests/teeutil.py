@@ -452,17 +452,19 @@ def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
 
 
 def assert_dc2_identical(dc1: str, dc2: str, topic: str, acked: Sequence[TRec],
-                         timeout: float) -> tuple[ReplicationCheck, float | None]:
+                         timeout: float, acked_offsets: bool = True,
+                         ) -> tuple[ReplicationCheck, float | None]:
     """Reads DC1 until it holds every acked record, then DC2 until it holds every DC1
     record (up to `timeout` s); asserts that DC2 holds each of them once, in DC1 order
     (`check_replicated`, no duplicates) and that `verify` finds the two identical.
-    Returns the check and the seconds DC2 took."""
+    `acked_offsets` as for `check_replicated`. Returns the check and the seconds DC2
+    took."""
     keys = {r.key for r in acked}
     dc1_recs, _ = read_until(dc1, topic, lambda r: keys <= set(r.keys), 30, idle=1.0)
     dc1_keys = {r.key for r in dc1_recs}
     dc2_recs, took = read_until(dc2, topic, lambda r: dc1_keys <= set(r.keys), timeout,
                                 idle=1.5)
-    chk = check_replicated(acked, dc1_recs, dc2_recs)
+    chk = check_replicated(acked, dc1_recs, dc2_recs, acked_offsets)
     assert chk.duplicates == 0, f"{topic}: {chk.duplicates} records twice in DC2"
     v = run_verify(dc1, dc2, [topic])
     assert v.returncode == 0, v.stdout

@@ -134,20 +134,6 @@ def test_dc2_stops_answering(dc1, dc2, proxy, tmp_path):
     settle(lp, dc1, dc2, topic, "sigstop")
 
 
-@pytest.fixture
-def relayed_dc2(request, logdir):
-    """A DC2 Tansu broker behind a relay: it listens on its own port but advertises
-    the relay's, so every DC2 connection the proxy makes goes through the relay."""
-    relay_port = harness.free_port()
-    broker_port = harness.free_port()
-    relay = Relay((HOST, broker_port), relay_port).start()
-    broker = teeutil.start_tansu_at("dc2", logdir, broker_port, advertised_port=relay_port)
-    teeutil.register(request, broker.proc)
-    yield broker, relay
-    relay.stop()
-    broker.stop()
-
-
 def test_slow_link_then_cut_then_restored(dc1, relayed_dc2, proxy, tmp_path):
     """The link to DC2 gets slow (300 ms per chunk), is cut mid-stream and stays
     silent (black hole) for 6 s, then comes back."""
