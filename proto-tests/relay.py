@@ -11,12 +11,17 @@ and reading stops once a small queue is full, so TCP back-pressure reaches the s
 and new connections are accepted but get nothing: like a link that went silent.
 `cut()` closes every open connection (both sides), dropping whatever was in transit.
 
-Usable on its own too: `python3 relay.py LISTEN_PORT UPSTREAM_HOST:UPSTREAM_PORT`.
+Usable on its own too (benches/longlink.py runs it so, in a process of its own):
+`python3 relay.py LISTEN_PORT UPSTREAM_HOST:UPSTREAM_PORT [--delay-ms MS] [--queue-chunks N]`;
+there SIGUSR1 black-holes the link and SIGUSR2 cuts every connection and lets data
+flow again (a link that was down and came back).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import signal
 import socket
 import struct
 import sys
@@ -25,6 +30,9 @@ import time
 from loopserver import HOST, LoopServer
 
 CHUNK = 64 * 1024
+# Chunks that may wait in the relay per direction and connection: with the delay, this
+# bounds what the link carries (16 x 64 KiB per one-way delay). A long-link benchmark
+# raises it so that the relay, not the proxy, is never the limit.
 QUEUE_CHUNKS = 16
 
 
@@ -32,9 +40,10 @@ class Relay(LoopServer):
     thread_name = "relay"
 
     def __init__(self, upstream: tuple[str, int], listen_port: int = 0,
-                 listen_host: str = HOST):
+                 listen_host: str = HOST, queue_chunks: int = QUEUE_CHUNKS):
         super().__init__(listen_host, listen_port)
         self.upstream = upstream
+        self.queue_chunks = queue_chunks
         self.delay = {"up": 0.0, "down": 0.0}  # up: client -> upstream
         self.accepted = 0
         self.cuts = 0
@@ -105,7 +114,7 @@ class _Conn:
 
     def start(self) -> None:
         for src, dst, direction in self.pairs:
-            q: asyncio.Queue = asyncio.Queue(QUEUE_CHUNKS)
+            q: asyncio.Queue = asyncio.Queue(self.relay.queue_chunks)
             self.tasks.append(asyncio.ensure_future(self._read(src, q, direction)))
             self.tasks.append(asyncio.ensure_future(self._write(q, dst, direction)))
 
@@ -169,12 +178,30 @@ class _Conn:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print(__doc__)
-        return 2
-    host, port = argv[2].rsplit(":", 1)
-    r = Relay((host, int(port)), int(argv[1])).start()
-    print(f"relay 127.0.0.1:{r.port} -> {host}:{port}; Ctrl-C stops it")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("listen_port", type=int)
+    ap.add_argument("upstream", help="HOST:PORT")
+    ap.add_argument("--delay-ms", type=float, default=0.0,
+                    help="one-way delay added in each direction")
+    ap.add_argument("--queue-chunks", type=int, default=QUEUE_CHUNKS,
+                    help=f"chunks of {CHUNK // 1024} KiB waiting per direction and connection")
+    a = ap.parse_args(argv[1:])
+    host, port = a.upstream.rsplit(":", 1)
+    r = Relay((host, int(port)), a.listen_port, queue_chunks=a.queue_chunks).start()
+    r.set_delay(a.delay_ms / 1000)
+    signal.signal(signal.SIGUSR1, lambda *_: r.blackhole(True))
+
+    def restore(*_):
+        r.cut()
+        r.blackhole(False)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGUSR2, restore)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"relay 127.0.0.1:{r.port} -> {host}:{port}, {a.delay_ms:g} ms each way; "
+          "Ctrl-C stops it", flush=True)
     r.serve_until_interrupted()
     return 0
 
