@@ -28,15 +28,19 @@ pytestmark = pytest.mark.timeout(150)
 
 
 def long_link_proxy(proxy, dc1, relay, tmp_path, name="kafka-tee", port=None):
+    relay.set_delay(ONE_WAY)
     cfg = write_config(tmp_path / "tee.toml", {"replication": {"request_timeout_ms": 2000}})
     return proxy(dc1.bootstrap, target=f"{harness.HOST}:{relay.port}",
                  state_dir=tmp_path / "state", config=cfg, name=name, port=port, admin=True)
 
 
-def start_load(px, topic: str) -> LoadProducer:
+def start_load(px, prefix: str) -> tuple[str, LoadProducer]:
+    """A new topic through the proxy and the load on it, once it is flowing."""
+    topic = harness.unique(prefix)
+    harness.create_topic(px.bootstrap, topic, partitions=PARTITIONS)
     lp = LoadProducer(px.bootstrap, topic, PARTITIONS, RATE, value_size=500).start()
     lp.wait_acked(RATE, timeout=30)
-    return lp
+    return topic, lp
 
 
 def check(lp: LoadProducer, px, dc1, dc2, topic: str, what: str,
@@ -55,11 +59,8 @@ def check(lp: LoadProducer, px, dc1, dc2, topic: str, what: str,
 
 def test_cuts_and_silence_with_many_batches_in_flight(dc1, relayed_dc2, proxy, tmp_path):
     dc2, relay = relayed_dc2
-    relay.set_delay(ONE_WAY)
     px = long_link_proxy(proxy, dc1, relay, tmp_path)
-    topic = harness.unique("long-cut")
-    harness.create_topic(px.bootstrap, topic, partitions=PARTITIONS)
-    lp = start_load(px, topic)
+    topic, lp = start_load(px, "long-cut")
     time.sleep(2)
     assert relay.cut() > 0, "no DC2 connection to cut"
     time.sleep(2)
@@ -77,11 +78,8 @@ def test_cuts_and_silence_with_many_batches_in_flight(dc1, relayed_dc2, proxy, t
 
 def test_proxy_killed_with_many_batches_in_flight(dc1, relayed_dc2, proxy, tmp_path):
     dc2, relay = relayed_dc2
-    relay.set_delay(ONE_WAY)
     px = long_link_proxy(proxy, dc1, relay, tmp_path)
-    topic = harness.unique("long-kill")
-    harness.create_topic(px.bootstrap, topic, partitions=PARTITIONS)
-    lp = start_load(px, topic)
+    topic, lp = start_load(px, "long-kill")
     time.sleep(2)
     px.proc.signal(signal.SIGKILL)
     px.proc.wait(timeout=10)
