@@ -12,6 +12,7 @@
 //! Errors name the cluster they came from.
 
 mod conn;
+pub mod group;
 mod ops;
 mod sasl;
 

@@ -15,10 +15,12 @@
 //! memory is bounded by the shared [`Budget`] (a captured batch holds its reservation
 //! until DC2 acknowledges it or it is dropped or turned into a gap).
 
+pub mod assign;
 mod catchup;
 pub mod checkpoint;
 mod discover;
 mod durable;
+pub mod membership;
 mod queue;
 mod sender;
 mod tail;
