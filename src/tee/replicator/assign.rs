@@ -204,14 +204,21 @@ mod tests {
         assert_eq!(a.len(), 3);
     }
 
-    #[test]
-    fn a_member_leaving_moves_only_its_partitions() {
+    /// Eight partitions assigned to members a, b and c, none owning anything before.
+    fn three_members_first_generation()
+    -> (Vec<TopicPartition>, BTreeMap<String, Vec<TopicPartition>>) {
         let all = parts(8);
         let m: Vec<_> = ["a", "b", "c"]
             .iter()
             .map(|s| (s.to_string(), vec![]))
             .collect();
         let first = assign(&m, &all);
+        (all, first)
+    }
+
+    #[test]
+    fn a_member_leaving_moves_only_its_partitions() {
+        let (all, first) = three_members_first_generation();
         let mut left = members_of(&first);
         let gone = left.remove(1);
         let second = assign(&left, &all);
@@ -222,12 +229,7 @@ mod tests {
 
     #[test]
     fn a_member_joining_takes_only_its_share() {
-        let all = parts(8);
-        let m: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|s| (s.to_string(), vec![]))
-            .collect();
-        let first = assign(&m, &all);
+        let (all, first) = three_members_first_generation();
         let mut more = members_of(&first);
         more.push(("d".into(), vec![]));
         let second = assign(&more, &all);
