@@ -1,7 +1,8 @@
 """TLS at the edge: real clients (confluent-kafka, kafka-python) over TLS through the
 proxy, mTLS accepted and refused, plaintext refused on a TLS port, certificate reload,
-TLS from the proxy to its upstream (a second kafka-tee acting as a TLS DC1), and each
-kind of handshake failure named in the log and counted by cause."""
+TLS from the proxy to its upstream (a second kafka-tee acting as a TLS DC1), each kind
+of handshake failure named in the log and counted by cause, and README's certificate
+recipe."""
 
 from __future__ import annotations
 
@@ -419,3 +420,33 @@ def test_v1_certificate_advice_works_as_printed(dc1, proxy, bad_clients, tmp_pat
             "ssl.key.location": str(work / "client.key")}
     assert _can_list_topics(p.bootstrap, conf)
 
+
+# ----------------------------------------------------------- README's certificates
+
+
+def _readme_tls_recipe() -> str:
+    readme = (harness.REPO / "README.md").read_text()
+    section = readme.split("\n## TLS\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    recipe = [b for b in blocks if "openssl" in b]
+    assert len(recipe) == 1, "README's TLS section should have one block of openssl lines"
+    return recipe[0]
+
+
+def test_readme_mtls_recipe_makes_v3_certificates_the_proxy_accepts(dc1, proxy, tmp_path):
+    work = tmp_path / "readme-pki"
+    work.mkdir()
+    recipe = _readme_tls_recipe()
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", recipe], cwd=work,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for cert in ("ca.pem", "proxy.pem", "client.pem"):
+        assert _x509_version(work / cert) == 3, cert
+    p = proxy(dc1.bootstrap, extra=["--tls-cert", str(work / "proxy.pem"),
+                                    "--tls-key", str(work / "proxy.key"),
+                                    "--tls-client-ca", str(work / "ca.pem")])
+    conf = {"security.protocol": "SSL", "ssl.ca.location": str(work / "ca.pem"),
+            "ssl.certificate.location": str(work / "client.pem"),
+            "ssl.key.location": str(work / "client.key")}
+    assert _can_list_topics(p.bootstrap, conf), p.proc.log_tail(20)
+    assert "TLS handshake failed" not in p.proc.log_text()
