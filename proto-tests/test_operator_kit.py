@@ -1,0 +1,193 @@
+"""The operator kit under config/: Prometheus alert rules (promtool check and unit
+tests), the Grafana dashboard, the systemd unit and the container recipe. Every PromQL
+expression, in the rules and on the dashboard, may name only metrics the proxy
+exports (src/metrics.rs `METRICS`, which README's table must match).
+
+promtool comes from Debian's `prometheus` package and systemd-analyze from systemd;
+proto-tests/setup.sh installs promtool. Nothing here installs anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import harness
+
+REPO = harness.REPO
+KIT = REPO / "config"
+RULES = KIT / "prometheus" / "kafka-tee-alerts.yml"
+RULE_TESTS = KIT / "prometheus" / "kafka-tee-alerts.test.yml"
+DASHBOARD = KIT / "grafana" / "kafka-tee.json"
+UNIT = KIT / "systemd" / "kafka-tee.service"
+CONTAINERFILE = KIT / "container" / "Containerfile"
+
+# Series Prometheus itself adds to every scrape, which rules may use (KafkaTeeDown).
+SCRAPE_SERIES = {"up"}
+
+
+# ------------------------------------------------------------ exported metrics
+
+
+def exported_metrics() -> dict[str, str]:
+    """name -> kind ("Counter", "Gauge", "Histogram") from src/metrics.rs METRICS.
+    The proxy has no subcommand that lists its metrics, and /metrics shows a labelled
+    metric only once it has a series, so the table in the source is the full list."""
+    src = (REPO / "src" / "metrics.rs").read_text()
+    table = src.split("pub const METRICS: &[MetricDef] = &[", 1)[1].split("\n];", 1)[0]
+    found = dict(re.findall(r'def\(\s*"(kafka_tee_[a-z0-9_]+)",\s*(Counter|Gauge|Histogram),',
+                            table))
+    readme = (REPO / "README.md").read_text()
+    in_readme = set(re.findall(r"^\| `(kafka_tee_[a-z0-9_]+)` \|", readme, re.M))
+    # Two independent lists that must agree: a parse that broke would show here.
+    assert found and set(found) == in_readme, (
+        f"src/metrics.rs and README's metrics table differ: "
+        f"only in source {sorted(set(found) - in_readme)}, "
+        f"only in README {sorted(in_readme - set(found))}")
+    return found
+
+
+# PromQL functions and aggregations (Prometheus 2.x), and keywords.
+FUNCTIONS = set("""
+abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil changes
+clamp clamp_max clamp_min cos cosh count_over_time day_of_month day_of_week day_of_year
+days_in_month deg delta deriv exp floor histogram_count histogram_fraction
+histogram_quantile histogram_stddev histogram_stdvar histogram_sum holt_winters hour
+idelta increase irate label_join label_replace last_over_time ln log10 log2
+mad_over_time max_over_time min_over_time minute month pi predict_linear
+present_over_time quantile_over_time rad rate resets round scalar sgn sin sinh sort
+sort_desc sqrt stddev_over_time stdvar_over_time sum_over_time tan tanh time timestamp
+vector year
+sum min max avg group stddev stdvar count count_values bottomk topk quantile
+""".split())
+KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
+            "group_right", "bool", "offset", "atan2", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects. Strings, label matchers, ranges,
+    grouping label lists and Grafana variables are taken out first; what is left that
+    is not a function, aggregation, keyword or number is a metric name. A name that is
+    called like a function but is not one is returned too, so a typo in a function
+    name is reported instead of passing unseen."""
+    e = re.sub(r"\$\{[^}]*\}|\$\w+", " ", expr)
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', e)
+    e = re.sub(r"\{[^{}]*\}", " ", e)
+    e = re.sub(r"\[[^\[\]]*\]", " ", e)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", r" \1 ", e)
+    names = set()
+    for m in re.finditer(r"(?<![\w:.])([A-Za-z_:][\w:]*)", e):
+        word = m.group(1)
+        if word in FUNCTIONS or word.lower() in KEYWORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def unknown_metrics(exprs: list[str], exported: dict[str, str]) -> dict[str, set[str]]:
+    """expr -> the names in it the proxy does not export. A histogram's _bucket, _sum
+    and _count series count as the histogram."""
+    bad = {}
+    for expr in exprs:
+        unknown = set()
+        for name in metric_names(expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if name in exported or name in SCRAPE_SERIES:
+                continue
+            if base != name and exported.get(base) == "Histogram":
+                continue
+            unknown.add(name)
+        if unknown:
+            bad[expr] = unknown
+    return bad
+
+
+def rule_exprs(path: Path) -> list[str]:
+    doc = yaml.safe_load(path.read_text())
+    return [r["expr"] for g in doc["groups"] for r in g["rules"]]
+
+
+def test_metric_name_extraction():
+    assert metric_names(
+        'sum by (instance, topic) (rate(kafka_tee_a_total{x="y", z=~"$v"}[$__rate_interval]))'
+        ' / on (instance) group_left kafka_tee_b > 0.5 and up{job="kafka-tee"} offset 5m'
+    ) == {"kafka_tee_a_total", "kafka_tee_b", "up"}
+    assert metric_names('histogram_quantile(0.99, sum by (le) (rate(m_bucket[5m])))') == {"m_bucket"}
+    assert metric_names("time() - kafka_tee_start_time_seconds") == {"kafka_tee_start_time_seconds"}
+    # A misspelt function is reported rather than passed over.
+    assert metric_names("rates(kafka_tee_a_total[5m])") == {"rates", "kafka_tee_a_total"}
+    assert metric_names('1e3 * 0x10 + vector(0) or absent(up{job="x"})') == {"up"}
+
+
+# ------------------------------------------------------------ Prometheus rules
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not on PATH: run proto-tests/setup.sh (it installs "
+                    "Debian's prometheus package, which ships promtool)", pytrace=False)
+    return path
+
+
+def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_alert_rules_pass_promtool_check(promtool):
+    done = run(promtool, "check", "rules", str(RULES))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_alert_rules_pass_their_unit_tests(promtool):
+    done = run(promtool, "test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_can_fail(promtool, tmp_path):
+    """A rule changed so it no longer fires makes its unit test fail."""
+    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    rules = RULES.read_text().replace(
+        "kafka_tee_replication_oldest_pending_seconds) > 60",
+        "kafka_tee_replication_oldest_pending_seconds) > 6000")
+    assert rules != RULES.read_text()
+    (tmp_path / RULES.name).write_text(rules)
+    done = run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
+    assert done.returncode != 0 and "KafkaTeeReplicationBehind" in done.stdout + done.stderr
+
+
+def test_every_alert_is_seen_firing_in_the_unit_tests():
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"]
+              for r in g["rules"] if "alert" in r}
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    fired = {t["alertname"] for case in tests for t in case.get("alert_rule_test", [])
+             if t.get("exp_alerts")}
+    assert alerts - fired == set(), f"alerts no unit test sees firing: {alerts - fired}"
+    # The alert areas operators asked for.
+    for name in ["KafkaTeeDown", "KafkaTeeDC1Errors", "KafkaTeeReplicationBehind",
+                 "KafkaTeeReplicationStalled", "KafkaTeeDC2Unreachable",
+                 "KafkaTeeDC2ProduceErrors", "KafkaTeePendingBytesNearFull",
+                 "KafkaTeeWindowFull", "KafkaTeeTLSHandshakeFailures"]:
+        assert name in alerts, name
+
+
+def test_alert_rules_name_only_exported_metrics():
+    exprs = rule_exprs(RULES)
+    assert len(exprs) >= 15
+    assert unknown_metrics(exprs, exported_metrics()) == {}
+
+
+def test_rules_check_catches_an_unknown_metric(tmp_path):
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES.read_text().replace("kafka_tee_topics_held", "kafka_tee_topic_held"))
+    bad = unknown_metrics(rule_exprs(rules), exported_metrics())
+    assert {n for names in bad.values() for n in names} == {"kafka_tee_topic_held"}
