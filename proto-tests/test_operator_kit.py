@@ -191,3 +191,86 @@ def test_rules_check_catches_an_unknown_metric(tmp_path):
     rules.write_text(RULES.read_text().replace("kafka_tee_topics_held", "kafka_tee_topic_held"))
     bad = unknown_metrics(rule_exprs(rules), exported_metrics())
     assert {n for names in bad.values() for n in names} == {"kafka_tee_topic_held"}
+
+
+# ----------------------------------------------------------------- Grafana
+
+
+def dashboard_exprs(dash: dict) -> list[str]:
+    """Every query on the dashboard: panel targets and the variables' label_values()."""
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("expr"), str):
+                out.append(node["expr"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(dash.get("panels", []))
+    for var in dash.get("templating", {}).get("list", []):
+        if var.get("type") != "query":
+            continue
+        q = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+        m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", q)
+        assert m, f"variable {var['name']}: not a label_values() query: {q}"
+        out.append(m.group(1))
+    return out
+
+
+def test_dashboard_names_only_exported_metrics():
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = dashboard_exprs(dash)
+    assert len(exprs) >= 30, len(exprs)
+    exported = exported_metrics()
+    assert unknown_metrics(exprs, exported) == {}
+    # The dashboard covers the three sides: clients, DC2 and what should stay 0.
+    used = set().union(*(metric_names(e) for e in exprs))
+    for name in ["kafka_tee_requests_total", "kafka_tee_replication_lag_records",
+                 "kafka_tee_tls_handshake_failures_total", "kafka_tee_dc2_errors_total",
+                 "kafka_tee_data_lost_records_total"]:
+        assert name in used, name
+
+
+def test_dashboard_check_catches_an_unknown_metric(tmp_path):
+    """A dashboard that names a metric the proxy does not export fails the check,
+    whether the name is made up or a histogram suffix on a gauge."""
+    exported = exported_metrics()
+    text = DASHBOARD.read_text()
+    for wrong in ["kafka_tee_replication_lagg_records", "kafka_tee_pending_bytes_bucket"]:
+        mutated = text.replace("kafka_tee_replication_lag_records{", wrong + "{", 1)
+        assert mutated != text
+        copy = tmp_path / "kafka-tee.json"
+        copy.write_text(mutated)
+        bad = unknown_metrics(dashboard_exprs(json.loads(copy.read_text())), exported)
+        assert {n for names in bad.values() for n in names} == {wrong}, bad
+
+
+def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
+    """promtool parses each query, Grafana's variables filled in, as a recording rule."""
+    exprs = dashboard_exprs(json.loads(DASHBOARD.read_text()))
+    fill = {"$__rate_interval": "5m", "$__interval": "1m", "$instance": ".*", "$topic": ".*"}
+    rules = []
+    for i, e in enumerate(exprs):
+        for var, value in fill.items():
+            e = e.replace(var, value)
+        assert "$" not in e, f"unknown Grafana variable in {e}"
+        rules.append({"record": f"dashboard:query_{i}", "expr": e})
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = run(promtool, "check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dashboard_is_importable_json():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 30
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for p in dash["panels"]:
+        if p["type"] != "row":
+            assert p.get("targets"), p["title"]
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
