@@ -274,3 +274,53 @@ def test_dashboard_is_importable_json():
         if p["type"] != "row":
             assert p.get("targets"), p["title"]
             assert p["datasource"]["uid"] == "${datasource}", p["title"]
+
+
+# ------------------------------------------------------------------ systemd
+
+
+def unit_settings() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_systemd_unit_is_hardened_and_matches_the_proxy():
+    s = unit_settings()
+    for key, value in [("DynamicUser", "yes"), ("ProtectSystem", "strict"),
+                       ("StateDirectory", "kafka-tee"), ("Restart", "on-failure"),
+                       ("NoNewPrivileges", "yes"), ("ProtectHome", "yes"),
+                       ("PrivateTmp", "yes")]:
+        assert s.get(key) == [value], f"{key}={s.get(key)}"
+    assert int(s["LimitNOFILE"][0]) >= 20000
+    exec_start = shlex.split(s["ExecStart"][0])
+    assert exec_start[0] == "/usr/local/bin/kafka-tee"
+    # The state directory systemd creates is the one the proxy writes to.
+    assert exec_start[exec_start.index("--state-dir") + 1] == "/var/lib/kafka-tee"
+    # TimeoutStopSec leaves room for the shutdown grace period (10 s by default).
+    assert int(s["TimeoutStopSec"][0].rstrip("s")) > 10
+    # ExecReload would send SIGHUP, which the proxy does not handle (it would exit).
+    handles_hup = any("hangup()" in p.read_text() for p in (REPO / "src").rglob("*.rs"))
+    assert ("ExecReload" in s) == handles_hup
+
+
+def test_systemd_unit_passes_systemd_analyze(tmp_path, kafka_tee_bin):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (it comes with systemd)")
+    # verify checks that ExecStart's binary exists: point it at the one built here.
+    unit = tmp_path / "kafka-tee.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/kafka-tee", str(kafka_tee_bin)))
+    done = run(analyze, "verify", str(unit))
+    # Unknown or misspelt directives are only warnings (exit 0): fail on any output.
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), \
+        done.stdout + done.stderr
+    done = run(analyze, "security", "--offline=true", str(unit))
+    m = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout + done.stderr)
+    if m is None:
+        pytest.skip(f"systemd-analyze security --offline is not supported here: {done.stderr}")
+    assert float(m.group(1)) <= 2.0, done.stdout
