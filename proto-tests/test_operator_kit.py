@@ -324,3 +324,92 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path, kafka_tee_bin):
     if m is None:
         pytest.skip(f"systemd-analyze security --offline is not supported here: {done.stderr}")
     assert float(m.group(1)) <= 2.0, done.stdout
+
+
+# --------------------------------------------------------------- container
+
+
+def containerfile_instructions() -> list[tuple[str, str]]:
+    text = CONTAINERFILE.read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def copy_sources() -> list[str]:
+    """The build-context paths of every COPY without --from."""
+    sources = []
+    for word, rest in containerfile_instructions():
+        if word != "COPY" or "--from=" in rest:
+            continue
+        args = [a for a in shlex.split(rest) if not a.startswith("--")]
+        sources += args[:-1]
+    return sources
+
+
+def test_containerfile_shape():
+    ins = containerfile_instructions()
+    froms = [rest for word, rest in ins if word == "FROM"]
+    assert len(froms) == 2 and froms[0].startswith("rust:1.95") and " AS " in froms[0].upper()
+    assert re.match(r"debian:\S*slim", froms[1]), froms[1]
+    # The runtime stage runs as a non-root user.
+    users = [rest for word, rest in ins if word == "USER"]
+    assert users and not users[-1].startswith(("root", "0")), users
+    exposed = " ".join(rest for word, rest in ins if word == "EXPOSE").split()
+    assert "9644" in exposed and any(p.startswith("9092") for p in exposed), exposed
+    # ENTRYPOINT runs the binary Cargo.toml builds.
+    package = re.search(r'^name = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    entry = json.loads(next(rest for word, rest in ins if word == "ENTRYPOINT"))
+    assert Path(entry[0]).name == package
+    assert any(f"--bin {package}" in rest for word, rest in ins if word == "RUN")
+    for src in copy_sources():
+        assert (REPO / src).exists(), f"COPY source {src} is not in the repository"
+
+
+def test_containerfile_copies_enough_to_build(tmp_path):
+    """The build stage's COPY lines, replayed into an empty directory, give a tree
+    `cargo check --locked` accepts (Cargo wants every declared target to exist)."""
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.skip("cargo is not on PATH")
+    ctx = tmp_path / "src"
+    ctx.mkdir()
+    for word, rest in containerfile_instructions():
+        if word == "FROM" and not rest.startswith("rust:"):
+            break
+        if word != "COPY" or "--from=" in rest:
+            continue
+        *srcs, dest = shlex.split(rest)
+        dest_dir = ctx / dest
+        for src in srcs:
+            s = REPO / src
+            if s.is_dir():
+                shutil.copytree(s, dest_dir if not dest.endswith("/") else dest_dir / s.name,
+                                dirs_exist_ok=True)
+            else:
+                target = dest_dir / s.name if dest.endswith("/") else dest_dir
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(s, target)
+    done = subprocess.run([cargo, "check", "--locked", "--offline", "--bin", "kafka-tee"],
+                          cwd=ctx, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "CARGO_TARGET_DIR": str(REPO / "target")})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_containerfile_healthcheck_command(dc1, proxy):
+    """The HEALTHCHECK command, pointed at a running proxy's admin port, succeeds;
+    against a port nobody listens on, it fails."""
+    hc = next(rest for word, rest in containerfile_instructions() if word == "HEALTHCHECK")
+    argv = json.loads(hc[hc.index("CMD") + 3:].strip())
+    binary = str(harness.kafka_tee_bin())
+    p = proxy(dc1.bootstrap, admin=True)
+    i = argv.index("--admin")
+    up = [binary, *argv[1:i + 1], f"{harness.HOST}:{p.admin_port}", *argv[i + 2:]]
+    done = run(*up)
+    assert done.returncode == 0, done.stderr
+    down = [binary, *argv[1:i + 1], f"{harness.HOST}:{harness.free_port()}", *argv[i + 2:]]
+    assert run(*down).returncode != 0
