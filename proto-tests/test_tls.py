@@ -1,13 +1,18 @@
 """TLS at the edge: real clients (confluent-kafka, kafka-python) over TLS through the
 proxy, mTLS accepted and refused, plaintext refused on a TLS port, certificate reload,
-and TLS from the proxy to its upstream (a second kafka-tee acting as a TLS DC1)."""
+TLS from the proxy to its upstream (a second kafka-tee acting as a TLS DC1), each kind
+of handshake failure named in the log and counted by cause, and README's certificate
+recipe."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -234,3 +239,214 @@ def test_sni_routing_on_one_port(dc1, proxy, pki, tmp_path, monkeypatch):
     # No per-broker port was opened.
     with pytest.raises(OSError):
         socket.create_connection((HOST, p.port + 1), timeout=2).close()
+
+
+# ------------------------------------------------------- handshake failures by cause
+
+
+_CA_CNF = """\
+[ca]
+default_ca = test_ca
+[test_ca]
+database = index.txt
+new_certs_dir = .
+serial = serial
+unique_subject = no
+default_md = sha256
+policy = any
+x509_extensions = client_ext
+[any]
+commonName = supplied
+[client_ext]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature
+extendedKeyUsage = clientAuth
+"""
+
+
+def _csr(d: Path, name: str) -> None:
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+
+
+def _make_dated_client(d: Path, name: str, start: str, end: str) -> None:
+    """A v3 client certificate from the test CA valid from `start` to `end`
+    (YYYYMMDDHHMMSSZ): `openssl x509` cannot set dates in the past, `openssl ca` can."""
+    if not (d / "ca.cnf").exists():
+        (d / "ca.cnf").write_text(_CA_CNF)
+        (d / "index.txt").write_text("")
+        (d / "serial").write_text("1000\n")
+    _csr(d, name)
+    _openssl("ca", "-batch", "-notext", "-config", "ca.cnf", "-cert", "ca.pem",
+             "-keyfile", "ca.key", "-in", f"{name}.csr", "-out", f"{name}.pem",
+             "-startdate", start, "-enddate", end, cwd=d)
+
+
+def _x509_version(cert: Path) -> int:
+    text = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-text"],
+                          check=True, capture_output=True, text=True).stdout
+    m = re.search(r"Version: (\d+)", text)
+    assert m, text
+    return int(m.group(1))
+
+
+@pytest.fixture
+def bad_clients(pki: Path) -> Path:
+    """Client certificates the proxy must refuse, each for one reason: X.509 v1 (plain
+    `openssl x509 -req`, OpenSSL's default without extensions), expired, not valid yet.
+    (`rogue-client` from `pki` is the one from an unknown CA.)"""
+    _csr(pki, "v1-client")
+    _openssl("x509", "-req", "-in", "v1-client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-out", "v1-client.pem", cwd=pki)
+    _make_dated_client(pki, "expired-client", "20200101000000Z", "20200201000000Z")
+    _make_dated_client(pki, "future-client", "20990101000000Z", "20990201000000Z")
+    assert _x509_version(pki / "v1-client.pem") == 1
+    for good in ("client", "rogue-client", "expired-client", "future-client"):
+        assert _x509_version(pki / f"{good}.pem") == 3, good
+    return pki
+
+
+_FAILURE_SERIES = re.compile(
+    r'^kafka_tee_tls_handshake_failures_total\{cause="([a-z0-9_]+)"\} (\S+)$', re.M)
+
+
+def _failures_by_cause(px: harness.Proxy) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://{HOST}:{px.admin_port}/metrics",
+                                  timeout=5).read().decode()
+    return {cause: float(v) for cause, v in _FAILURE_SERIES.findall(body)}
+
+
+def _handshake(pki: Path, port: int, ca: str = "ca", client: str | None = None) -> None:
+    """One TLS connection as a client would make it: handshake, then a Kafka request,
+    reading until the proxy answers or closes. Errors are expected and ignored; the
+    proxy's log and metrics are what the tests look at."""
+    ctx = ssl.create_default_context(cafile=str(pki / f"{ca}.pem"))
+    if client:
+        ctx.load_cert_chain(str(pki / f"{client}.pem"), str(pki / f"{client}.key"))
+    try:
+        with socket.create_connection((HOST, port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                # With TLS 1.3 the client's side of the handshake is done before the
+                # proxy has checked the client certificate: its verdict comes next.
+                s.sendall(harness.api_versions_v0(1))
+                s.recv(4096)
+    except (ssl.SSLError, OSError):
+        pass
+
+
+def _plaintext(pki: Path, port: int) -> None:
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(harness.api_versions_v0(1))
+        harness.wait_closed(s, 5)
+
+
+def _failure_lines(px: harness.Proxy, cause: str) -> list[str]:
+    return [line for line in px.proc.log_text().splitlines()
+            if "TLS handshake failed" in line and f"cause=\"{cause}\"" in line]
+
+
+# (cause label, how the client fails, words the one log line must hold)
+FAILURES = [
+    ("plaintext_client", _plaintext,
+     ["plaintext client on a TLS port", "security.protocol=SSL"]),
+    ("no_client_cert", lambda pki, port: _handshake(pki, port),
+     ["client sent no certificate", "tls.client_ca", "ssl.certificate.location"]),
+    ("client_cert_v1", lambda pki, port: _handshake(pki, port, client="v1-client"),
+     ["X.509 v1", "re-issue it as X.509 v3",
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key",
+      "-extfile <(printf 'basicConstraints=CA:FALSE\\nkeyUsage=digitalSignature"
+      "\\nextendedKeyUsage=clientAuth')"]),
+    ("client_cert_unknown_ca", lambda pki, port: _handshake(pki, port, client="rogue-client"),
+     ["not issued by a CA in tls.client_ca", "issue it from that CA"]),
+    ("client_cert_expired", lambda pki, port: _handshake(pki, port, client="expired-client"),
+     ["client certificate has expired", "issue a new one"]),
+    ("client_cert_not_yet_valid",
+     lambda pki, port: _handshake(pki, port, client="future-client"),
+     ["not valid yet", "clock"]),
+    ("server_cert_rejected", lambda pki, port: _handshake(pki, port, ca="rogue-ca"),
+     ["client refused the proxy's certificate", "ssl.ca.location"]),
+]
+
+
+@pytest.mark.parametrize("cause,fail,words", FAILURES, ids=[f[0] for f in FAILURES])
+def test_handshake_failure_is_named_and_counted(dc1, proxy, bad_clients, cause, fail, words):
+    pki = bad_clients
+    p = proxy(dc1.bootstrap, admin=True, extra=tls_args(pki, client_ca=True))
+    before = _failures_by_cause(p)
+    # Every cause is exported from the start, so rate() has a series to work on.
+    assert set(before) >= {c for c, _, _ in FAILURES} | {"timeout", "other"}, before
+    assert before[cause] == 0, before
+
+    fail(pki, p.port)
+
+    deadline = time.monotonic() + 10
+    while not _failure_lines(p, cause) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = _failure_lines(p, cause)
+    assert len(lines) == 1, p.proc.log_tail(30)
+    for w in words:
+        assert w in lines[0], f"{w!r} not in the log line: {lines[0]}"
+    after = _failures_by_cause(p)
+    # client_closed is left out: the harness's port probe (connect, close) counts there,
+    # and may do so only after `before` was read.
+    grown = {c: after[c] - before.get(c, 0) for c in after
+             if after[c] != before.get(c, 0) and c != "client_closed"}
+    assert grown == {cause: 1}, f"counted {grown}, expected one {cause}"
+    # A good client is still served.
+    assert _can_list_topics(p.bootstrap, ssl_conf(pki, client="client"))
+
+
+def test_v1_certificate_advice_works_as_printed(dc1, proxy, bad_clients, tmp_path):
+    """The issue's case: librdkafka with a v1 client certificate. The command the log
+    line prints, run as printed on the same CSR and CA, gives a certificate the proxy
+    accepts."""
+    pki = bad_clients
+    p = proxy(dc1.bootstrap, admin=True, extra=tls_args(pki, client_ca=True))
+    assert not _can_list_topics(p.bootstrap, ssl_conf(pki, client="v1-client"))
+    lines = _failure_lines(p, "client_cert_v1")
+    assert lines, p.proc.log_tail(30)
+    assert _failures_by_cause(p)["client_cert_v1"] >= 1
+
+    m = re.search(r"(openssl x509 -req .*?'\))", lines[0])
+    assert m, lines[0]
+    work = tmp_path / "reissue"
+    work.mkdir()
+    for src, dst in [("v1-client.csr", "client.csr"), ("ca.pem", "ca.pem"),
+                     ("ca.key", "ca.key"), ("v1-client.key", "client.key")]:
+        shutil.copy(pki / src, work / dst)
+    subprocess.run(["bash", "-c", m.group(1)], cwd=work, check=True, capture_output=True)
+    assert _x509_version(work / "client.pem") == 3
+    conf = {**ssl_conf(pki), "ssl.certificate.location": str(work / "client.pem"),
+            "ssl.key.location": str(work / "client.key")}
+    assert _can_list_topics(p.bootstrap, conf)
+
+
+# ----------------------------------------------------------- README's certificates
+
+
+def _readme_tls_recipe() -> str:
+    readme = (harness.REPO / "README.md").read_text()
+    section = readme.split("\n## TLS\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    recipe = [b for b in blocks if "openssl" in b]
+    assert len(recipe) == 1, "README's TLS section should have one block of openssl lines"
+    return recipe[0]
+
+
+def test_readme_mtls_recipe_makes_v3_certificates_the_proxy_accepts(dc1, proxy, tmp_path):
+    work = tmp_path / "readme-pki"
+    work.mkdir()
+    recipe = _readme_tls_recipe()
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", recipe], cwd=work,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for cert in ("ca.pem", "proxy.pem", "client.pem"):
+        assert _x509_version(work / cert) == 3, cert
+    p = proxy(dc1.bootstrap, extra=["--tls-cert", str(work / "proxy.pem"),
+                                    "--tls-key", str(work / "proxy.key"),
+                                    "--tls-client-ca", str(work / "ca.pem")])
+    conf = {"security.protocol": "SSL", "ssl.ca.location": str(work / "ca.pem"),
+            "ssl.certificate.location": str(work / "client.pem"),
+            "ssl.key.location": str(work / "client.key")}
+    assert _can_list_topics(p.bootstrap, conf), p.proc.log_tail(20)
+    assert "TLS handshake failed" not in p.proc.log_text()

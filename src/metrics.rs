@@ -102,8 +102,8 @@ pub const METRICS: &[MetricDef] = &[
     def(
         "kafka_tee_tls_handshake_failures_total",
         Counter,
-        &[],
-        "Client TLS handshakes that failed or timed out.",
+        &["cause"],
+        "Client TLS handshakes that failed or timed out, by cause: plaintext_client, no_client_cert, client_cert_v1, client_cert_unknown_ca, client_cert_expired, client_cert_not_yet_valid, client_cert_invalid, server_cert_rejected, incompatible, client_closed, timeout, other.",
     ),
     def(
         "kafka_tee_requests_total",
@@ -447,6 +447,11 @@ fn describe_all() {
             }
         }
     }
+    // Every cause starts at zero, so a rate() over the failures has series to work on.
+    for cause in crate::net::tls_failure::Cause::ALL {
+        metrics::counter!("kafka_tee_tls_handshake_failures_total", "cause" => cause.label())
+            .increment(0);
+    }
     metrics::gauge!("kafka_tee_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -614,7 +619,8 @@ mod tests {
                         "cluster",
                         "stage",
                         "direction",
-                        "broker"
+                        "broker",
+                        "cause"
                     ]
                     .contains(l),
                     "{}: label {l} is not in the low-cardinality set",

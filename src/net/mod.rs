@@ -6,6 +6,7 @@ pub mod tee;
 #[cfg(test)]
 mod testutil;
 pub mod tls;
+pub mod tls_failure;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tracing::Instrument;
 use crate::proxy::Upstream;
 use crate::proxy::session::{self, Conn, SessionContext};
 use tls::ServerTls;
+use tls_failure::Cause;
 
 /// What every listener shares.
 #[derive(Clone)]
@@ -95,14 +97,42 @@ impl Acceptor {
                 };
                 session::run(Conn::Other(Box::new(stream)), peer, upstream, ctx).await
             }
-            Ok(Err(e)) => {
-                metrics::counter!("kafka_tee_tls_handshake_failures_total").increment(1);
-                tracing::warn!(%peer, "TLS handshake failed (plaintext client on a TLS port?): {e}");
-            }
-            Err(_) => {
-                metrics::counter!("kafka_tee_tls_handshake_failures_total").increment(1);
-                tracing::warn!(%peer, timeout = ?self.handshake_timeout, "TLS handshake timed out");
-            }
+            Ok(Err(e)) => handshake_failed(Cause::of_io(&e), &e),
+            Err(_) => handshake_failed(
+                Cause::Timeout,
+                &format_args!("after {:?}", self.handshake_timeout),
+            ),
         }
+    }
+}
+
+/// Counts a failed client handshake by cause and logs it in one line: what to do about
+/// it, the TLS library's own words, and the cause's label. The connection's span
+/// already names the peer and the listener. Repeats of a cause are logged at most once
+/// per [`tls_failure::LOG_EVERY`].
+fn handshake_failed(cause: Cause, detail: &dyn std::fmt::Display) {
+    static LIMIT: std::sync::OnceLock<tls_failure::LogLimit> = std::sync::OnceLock::new();
+    metrics::counter!("kafka_tee_tls_handshake_failures_total", "cause" => cause.label())
+        .increment(1);
+    let limit = LIMIT.get_or_init(Default::default);
+    let Some(skipped) = limit.admit(cause, std::time::Instant::now()) else {
+        return;
+    };
+    let (label, advice) = (cause.label(), cause.advice());
+    let more = match skipped {
+        0 => String::new(),
+        n => format!("; {n} more since the last such line, not logged"),
+    };
+    // A client that hangs up mid-handshake is usually a TCP probe: not worth a warning.
+    if cause == Cause::ClientClosed {
+        tracing::debug!(
+            cause = label,
+            "TLS handshake failed: {advice} ({detail}){more}"
+        );
+    } else {
+        tracing::warn!(
+            cause = label,
+            "TLS handshake failed: {advice} ({detail}){more}"
+        );
     }
 }
