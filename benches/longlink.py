@@ -394,7 +394,7 @@ def table(result: dict) -> str:
             out += [f"**{title}**", "", head, *map(row, rows), ""]
     cu = [r for r in result["cases"] if r["kind"] == "catch-up"]
     if cu:
-        out += [f"**Catch-up after DC2 was unreachable, 4 partitions at 20 MB/s**", "",
+        out += ["**Catch-up after DC2 was unreachable, 4 partitions, records of 1000 B**", "",
                 "| binary | RTT ms | outage s | live rec/s | backlog records | caught up after s "
                 "| catch-up rec/s | x live | proxy peak RSS MiB |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -419,6 +419,8 @@ def main() -> int:
                     help="seconds DC2 is unreachable in the catch-up run (0: none)")
     ap.add_argument("--after-outage", type=float, default=60.0,
                     help="seconds of load after the link comes back")
+    ap.add_argument("--catch-up-rates", default="20000",
+                    help="live rates (records/s) of the catch-up runs, comma-separated")
     ap.add_argument("--no-matrix", action="store_true",
                     help="skip the partitions x linger.ms cases")
     ap.add_argument("--baseline", type=Path,
@@ -451,8 +453,9 @@ def main() -> int:
                 for b in binaries:
                     cases.append((Case("matrix", b, longest, parts, rate, linger), 0.0))
     if args.outage > 0:
-        for b in binaries:
-            cases.append((Case("catch-up", b, longest, 4, 20000, 5), args.outage))
+        for rate in (int(x) for x in args.catch_up_rates.split(",") if x.strip()):
+            for b in binaries:
+                cases.append((Case("catch-up", b, longest, 4, rate, 5), args.outage))
 
     work = Path(tempfile.mkdtemp(prefix="kafka-tee-longlink-"))
     log(f"{len(cases)} cases; logs in {work}")
