@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
+    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
     join_group_request::JoinGroupRequestProtocol,
     leave_group_request::MemberIdentity,
     offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
@@ -19,6 +19,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::ops::topic_name;
 use super::{Client, ClientError, check};
 
 /// FindCoordinator key type of a group (as opposed to a transactional id).
@@ -275,7 +276,7 @@ impl Client {
                 Some(t) => t.partitions.push(p),
                 None => {
                     let mut t = OffsetCommitRequestTopic::default();
-                    t.name = TopicName(s(topic));
+                    t.name = topic_name(topic);
                     t.partitions = vec![p];
                     topics.push(t);
                 }
@@ -315,7 +316,7 @@ impl Client {
                 .iter()
                 .map(|(t, ps)| {
                     let mut x = OffsetFetchRequestTopic::default();
-                    x.name = TopicName(s(t));
+                    x.name = topic_name(t);
                     x.partition_indexes = ps.clone();
                     x
                 })

@@ -54,7 +54,7 @@ pub const LATEST: i64 = -1;
 /// Config resource type of a topic (DescribeConfigs).
 const RESOURCE_TOPIC: i8 = 2;
 
-fn topic_name(t: &str) -> TopicName {
+pub(super) fn topic_name(t: &str) -> TopicName {
     TopicName(StrBytes::from_string(t.to_string()))
 }
 

@@ -188,7 +188,7 @@ async fn one_generation(
             Err(_) => {}
         }
         if last_ok.elapsed() >= doubt_after {
-            tx.send_replace(None);
+            // `run` withdraws the assignment as soon as this returns.
             return Err(ClientError::NoBroker {
                 cluster: client.cluster(),
                 detail: format!(
