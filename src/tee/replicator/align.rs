@@ -6,11 +6,13 @@
 //! Every batch reaches DC2 whole, with only its producer id, epoch, sequence, base
 //! offset and CRC changed, and the window keeps DC2 in DC1 order without gaps or
 //! repeats. So the batches DC2 holds from the committed DC2 offset on are copies of a
-//! run of the DC1 batches from the committed DC1 offset on: the first run of DC1
-//! batches whose contents equal them, in order, ends where the new owner continues.
-//! The DC2 position is committed (to DC2) before the DC1 one, so it is at or after
-//! the point the DC1 position names; a run that starts later than the committed DC1
-//! offset covers a DC1 commit that failed after the DC2 one. Batches DC2 holds that no
+//! run of DC1's batches, and where that run ends the new owner continues. The two
+//! positions are committed one after the other (DC1's, then DC2's), so after a
+//! failure between the two, DC2's names an earlier point: the DC2 batches then begin
+//! with copies of DC1 batches before the DC1 position, and the run is the overlap of
+//! their end with DC1's batches from the DC1 position. DC2's position can also be
+//! ahead (a DC1 commit refused while the DC2 one of the same round went through
+//! earlier): the run then starts after the DC1 position. Batches DC2 holds that no
 //! run of DC1's matches (another writer, a rewritten batch) are not skipped: the new
 //! owner resumes at the committed DC1 offset, which may copy some twice but never
 //! loses one, and says so.
@@ -109,18 +111,18 @@ pub(super) async fn find_start(
         );
     }
     let (prints, ends) = read_dc1(dc1, tp, from, &copies).await?;
-    match find_run(&prints, &copies) {
-        Some(j) => {
-            let last = ends[j + copies.len() - 1];
+    match find_run(&prints, &copies).or_else(|| find_overlap(&prints, &copies)) {
+        Some((j, n)) => {
+            let last = ends[j + n - 1];
             tracing::info!(
-                partition = %tp, committed = from, dc2_from = d, found = copies.len(),
+                partition = %tp, committed = from, dc2_from = d, found = n,
                 skipped_before = j, resume_after = last,
                 "taking over: DC2 already holds batches copied after the committed position; they are not copied again"
             );
             Ok(Start {
                 resume_after: last,
                 dc2_next: Some(dc2_end),
-                found: copies.len(),
+                found: n,
             })
         }
         None => {
@@ -134,12 +136,26 @@ pub(super) async fn find_start(
     }
 }
 
-/// The first `j` where `copies` equal `originals[j..]`, in order.
-pub(super) fn find_run(originals: &[u64], copies: &[u64]) -> Option<usize> {
+/// Where DC2's `copies` are found among `originals` (DC1's batches from the DC1
+/// position): `(j, n)`, the DC2 batches are `originals[j..j + n]`. The first `j`
+/// where all of them are found, in order.
+pub(super) fn find_run(originals: &[u64], copies: &[u64]) -> Option<(usize, usize)> {
     if copies.is_empty() {
-        return Some(0);
+        return None;
     }
-    originals.windows(copies.len()).position(|w| w == copies)
+    originals
+        .windows(copies.len())
+        .position(|w| w == copies)
+        .map(|j| (j, copies.len()))
+}
+
+/// DC2's position behind DC1's: the longest end of `copies` that DC1's batches from
+/// the DC1 position begin with, as `(0, n)`.
+pub(super) fn find_overlap(originals: &[u64], copies: &[u64]) -> Option<(usize, usize)> {
+    (1..copies.len())
+        .map(|i| &copies[i..])
+        .find(|tail| originals.starts_with(tail))
+        .map(|tail| (0, tail.len()))
 }
 
 /// Fingerprints and last offsets of the DC1 batches a copy from `from` on would send,
@@ -202,19 +218,33 @@ mod tests {
 
     #[test]
     fn a_run_is_found_where_it_starts() {
-        assert_eq!(find_run(&[1, 2, 3, 4], &[1, 2]), Some(0));
-        assert_eq!(
-            find_run(&[1, 2, 3, 4], &[3, 4]),
-            Some(2),
-            "the DC2 position ahead"
-        );
+        assert_eq!(find_run(&[1, 2, 3, 4], &[1, 2]), Some((0, 2)));
+        assert_eq!(find_run(&[1, 2, 3, 4], &[3, 4]), Some((2, 2)));
         assert_eq!(find_run(&[1, 2, 3], &[2, 4]), None, "not a copy");
         assert_eq!(find_run(&[1, 2], &[1, 2, 3]), None, "more than DC1 has");
         assert_eq!(
             find_run(&[7, 7, 7], &[7, 7]),
-            Some(0),
+            Some((0, 2)),
             "the earliest run: never skips too much"
         );
-        assert_eq!(find_run(&[], &[]), Some(0));
+        assert_eq!(find_run(&[], &[]), None);
+    }
+
+    #[test]
+    fn a_dc2_position_behind_is_an_overlap() {
+        // DC2 from its (older) position: copies of 8, 9 (before DC1's position), then
+        // of 1, 2 (after it).
+        assert_eq!(find_overlap(&[1, 2, 3], &[8, 9, 1, 2]), Some((0, 2)));
+        assert_eq!(find_run(&[1, 2, 3], &[8, 9, 1, 2]), None);
+        assert_eq!(
+            find_overlap(&[1, 2, 3], &[8, 9]),
+            None,
+            "nothing past DC1's position"
+        );
+        assert_eq!(
+            find_overlap(&[1, 2], &[5, 1, 2, 3]),
+            None,
+            "DC1 does not have 3"
+        );
     }
 }

@@ -6,10 +6,11 @@
 //!   it to (`assign`), only while that member's lease holds (see
 //!   `membership::Lease`). Pushes for other partitions are dropped: their owner finds
 //!   them by reading DC1.
-//! - Positions: every `checkpoint_interval`, per owned partition, the DC2 offset after
-//!   the last copied batch is committed to the group in DC2 (for the DC2 topic), then
-//!   the next DC1 offset to copy to the group in DC1, with the generation, so a
-//!   deposed owner's commit is refused. DC1's is what lag tools show.
+//! - Positions: every `checkpoint_interval`, per owned partition, the next DC1 offset
+//!   to copy is committed to the group in DC1, with the generation, so a deposed
+//!   owner's commit is refused (DC1's is what lag tools show); once that succeeded,
+//!   the DC2 offset after the last copied batch is committed to the group in DC2 (for
+//!   the DC2 topic), so a deposed owner does not move that one either.
 //! - A rebalance: every worker stops taking data in, waits for its batches in flight
 //!   to be answered, the final positions are committed, and only then does the member
 //!   rejoin (`membership::Hooks::released`). A partition kept from the previous
@@ -407,8 +408,8 @@ async fn positions(
     Ok(out)
 }
 
-/// Commits the positions of the owned partitions that changed: DC2's first, then
-/// DC1's with the generation.
+/// Commits the positions of the owned partitions that changed: DC1's with the
+/// generation, then (only if the coordinator took it) DC2's.
 async fn commit(sh: &Shared, a: &Assignment) -> Result<(), ClientError> {
     let Some(tier) = sh.tier.as_ref() else {
         return Ok(());
@@ -429,6 +430,14 @@ async fn commit(sh: &Shared, a: &Assignment) -> Result<(), ClientError> {
     if changed.is_empty() {
         return Ok(());
     }
+    let dc1_positions: Vec<_> = changed
+        .iter()
+        .map(|(tp, (c, _))| (tp.topic.to_string(), tp.partition, *c, None))
+        .collect();
+    let c1 = sh.dc1.find_group_coordinator(&tier.group).await?;
+    sh.dc1
+        .commit_offsets(c1, &tier.group, a.generation, &a.member_id, &dc1_positions)
+        .await?;
     let dc2_positions: Vec<_> = changed
         .iter()
         .filter_map(|(tp, (_, d))| {
@@ -441,14 +450,6 @@ async fn commit(sh: &Shared, a: &Assignment) -> Result<(), ClientError> {
             .commit_offsets(c2, &tier.group, -1, "", &dc2_positions)
             .await?;
     }
-    let dc1_positions: Vec<_> = changed
-        .iter()
-        .map(|(tp, (c, _))| (tp.topic.to_string(), tp.partition, *c, None))
-        .collect();
-    let c1 = sh.dc1.find_group_coordinator(&tier.group).await?;
-    sh.dc1
-        .commit_offsets(c1, &tier.group, a.generation, &a.member_id, &dc1_positions)
-        .await?;
     let mut last = lock(&tier.committed);
     for (tp, pos) in changed {
         last.insert(tp, pos);
