@@ -21,6 +21,7 @@ pub mod checkpoint;
 mod discover;
 mod durable;
 pub mod membership;
+pub mod owners;
 mod queue;
 mod sender;
 mod tail;
