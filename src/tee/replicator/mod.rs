@@ -21,6 +21,7 @@ mod catchup;
 pub mod checkpoint;
 mod durable;
 pub mod membership;
+pub mod owners;
 mod queue;
 mod sender;
 mod tail;
