@@ -41,7 +41,7 @@ pub trait ReplicationView: Send + Sync {
     fn partitions(&self) -> Vec<PartitionState>;
 
     /// This instance's place in its replication group; `None` when it is in none
-    /// (ownership by `replication.instances`, or a single instance).
+    /// (a single instance).
     fn group(&self) -> Option<GroupState> {
         None
     }
@@ -61,10 +61,22 @@ impl ReplicationView for crate::tee::replicator::ReplicatorHandle {
                 lag_bytes: Some(p.lag_bytes),
                 oldest_pending_seconds: Some(p.oldest_pending.as_secs_f64()),
                 records_per_second: None,
+                owner: self.owner(&p.tp),
                 state: p.state,
-                owner: None,
             })
             .collect()
+    }
+
+    fn group(&self) -> Option<GroupState> {
+        crate::tee::replicator::ReplicatorHandle::group(self).map(|g| GroupState {
+            group: g.group,
+            generation: g.generation,
+            member_id: g.member_id,
+            leader: g.leader,
+            owned_partitions: g.owned_partitions,
+            rebalances_total: g.rebalances_total,
+            last_takeover_seconds: g.last_takeover.map(|d| d.as_secs_f64()),
+        })
     }
 }
 
@@ -106,9 +118,9 @@ pub struct GroupState {
     pub owned_partitions: u64,
     /// Rebalances this instance has been through since it started.
     pub rebalances_total: u64,
-    /// How long the last rebalance left this instance without an assignment: from
-    /// giving up its partitions to holding the next generation's. `None` before the
-    /// first.
+    /// The last takeover: from a generation forming to the workers of the partitions
+    /// new to this instance running (positions read, DC2's tail compared). `None`
+    /// before the first.
     pub last_takeover_seconds: Option<f64>,
 }
 

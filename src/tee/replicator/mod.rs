@@ -771,6 +771,13 @@ impl ReplicatorHandle {
         self.shared.tier.as_ref().map(|t| t.view())
     }
 
+    /// The member of the replication group that replicates `tp`: this instance's
+    /// member id for its own partitions; for the others, what the coordinator reports
+    /// (Apache Kafka does; Tansu 0.6 reports no assignments). None without a group.
+    pub fn owner(&self, tp: &TopicPartition) -> Option<String> {
+        self.shared.tier.as_ref().and_then(|t| t.owner(tp))
+    }
+
     /// The last DC1 offset of `tp` known to be in DC2.
     pub fn replicated_offset(&self, tp: &TopicPartition) -> Option<i64> {
         self.shared.progress.get(tp).map(|p| p.offset)

@@ -37,7 +37,7 @@ pub async fn owners(client: &Client, group: &str) -> Result<Vec<PartitionOwner>,
 fn from_description(group: &str, d: &GroupDescription) -> Vec<PartitionOwner> {
     if d.protocol_type != PROTOCOL_TYPE {
         if !d.protocol_type.is_empty() {
-            tracing::warn!(
+            tracing::debug!(
                 group, protocol_type = %d.protocol_type, expected = PROTOCOL_TYPE,
                 "not a kafka-tee replication group; its members own no partitions here"
             );
@@ -50,7 +50,7 @@ fn from_description(group: &str, d: &GroupDescription) -> Vec<PartitionOwner> {
     {
         // Either the group replicates nothing yet, or the coordinator does not report
         // assignments (Tansu 0.6 describes members by id only).
-        tracing::info!(
+        tracing::debug!(
             group,
             members = d.members.len(),
             "the coordinator reports no assignment for any member of the stable group"

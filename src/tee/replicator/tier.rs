@@ -55,6 +55,8 @@ pub(super) struct Tier {
     committed: Mutex<HashMap<TopicPartition, (i64, Option<i64>)>>,
     rebalances: AtomicU64,
     last_takeover: Mutex<Option<Duration>>,
+    /// Every partition's owner as the coordinator last described the group.
+    owners: Mutex<HashMap<TopicPartition, String>>,
 }
 
 /// The group as this instance sees it, for status pages.
@@ -85,6 +87,7 @@ impl Tier {
             committed: Mutex::new(HashMap::new()),
             rebalances: AtomicU64::new(0),
             last_takeover: Mutex::new(None),
+            owners: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,6 +99,13 @@ impl Tier {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(tp)
+    }
+
+    pub(super) fn owner(&self, tp: &TopicPartition) -> Option<String> {
+        if self.owns(tp) {
+            return lock(&self.current).as_ref().map(|a| a.member_id.clone());
+        }
+        lock(&self.owners).get(tp).cloned()
     }
 
     pub(super) fn view(&self) -> GroupView {
@@ -209,6 +219,16 @@ async fn discover(
                 });
             }
             Err(e) => tracing::warn!("cannot read DC1's topics for the replication group: {e}"),
+        }
+        if let Some(tier) = sh.tier.as_ref() {
+            match super::owners::owners(&sh.dc1, &tier.group).await {
+                Ok(found) => {
+                    *lock(&tier.owners) = found.into_iter().map(|o| (o.tp, o.member_id)).collect();
+                }
+                Err(e) => {
+                    tracing::debug!(group = %tier.group, error = %e, "cannot describe the replication group")
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(DISCOVER_EVERY) => {}
