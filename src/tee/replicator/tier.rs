@@ -259,7 +259,20 @@ async fn take(h: &ReplicatorHandle, a: &Assignment) {
     let mut starts: Vec<(TopicPartition, Option<align::Start>)> =
         kept.into_iter().map(|tp| (tp, None)).collect();
     if !new.is_empty() {
-        match positions(sh, &tier.group, &new).await {
+        let mut backoff = sh.dc1.backoff();
+        let found = loop {
+            match positions(sh, &tier.group, &new).await {
+                Ok(pos) => break Ok(pos),
+                // Retried while the membership holds: the partitions have no other
+                // owner this generation.
+                Err(e) if tier.lease.valid() => {
+                    tracing::warn!(group = %tier.group, error = %e, "cannot read the group's committed positions; trying again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match found {
             Ok(pos) => {
                 let mut set = tokio::task::JoinSet::new();
                 for tp in new {
@@ -294,7 +307,7 @@ async fn take(h: &ReplicatorHandle, a: &Assignment) {
                 }
             }
             Err(e) => {
-                tracing::error!(group = %tier.group, error = %e, "cannot read the group's committed positions; this generation's new partitions are not replicated until the next rebalance");
+                tracing::warn!(group = %tier.group, error = %e, "membership in doubt before the group's positions were read; the partitions new to this instance wait for the next generation");
             }
         }
     }

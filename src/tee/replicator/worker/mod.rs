@@ -234,7 +234,9 @@ impl Worker {
             trouble: None,
             follow_at: Instant::now() + follow_every,
             follow_every,
-            dc2_next: None,
+            // Known after a takeover in a group: the tail read then starts there rather
+            // than searching DC2 back for this instance's older batches.
+            dc2_next: restored.and_then(|p| p.dc2_next),
             jump_warned: None,
             last_jump: None,
             snapshot,
