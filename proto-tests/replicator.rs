@@ -652,6 +652,29 @@ async fn gaps_with_transactions_copy_only_committed_data() {
         .map(|r| String::from_utf8_lossy(&r.value.expect("value")).to_string())
         .collect();
     assert_eq!(values, ["c1-v0", "c1-v1", "c1-v2", "c2-v0", "c2-v1"]);
+    // Every committed DC1 offset translates to the DC2 offset of the same record; an
+    // offset DC2 does not have (a marker, an aborted record) to the next copied one.
+    let dc1_records = kafka_tee::verify::read_partition(&src, "payments", 0)
+        .await
+        .expect("read DC1");
+    let dc2_records = kafka_tee::verify::read_partition(&dst, "dc1.payments", 0)
+        .await
+        .expect("read DC2");
+    let mut next_copied: Vec<(i64, i64)> = Vec::new();
+    for r in &dc1_records {
+        let same = dc2_records
+            .iter()
+            .find(|x| x.value == r.value)
+            .expect("a committed DC1 record is in DC2");
+        next_copied.push((r.offset, same.offset));
+    }
+    for o in 0..=end + 1 {
+        let want = match next_copied.iter().find(|(d1, _)| *d1 >= o) {
+            Some((_, d2)) => replicator::offset_map::Translated::Exact(*d2),
+            None => replicator::offset_map::Translated::NotYetCopied(dc2_records.len() as i64),
+        };
+        assert_eq!(rep.handle().translate(&tp, o), want, "DC1 offset {o}");
+    }
     let report = verify(&dc1, &dc2, "payments").await;
     assert!(report.identical(), "{report:?}");
     rep.shutdown(Duration::from_secs(2)).await;

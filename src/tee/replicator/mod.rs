@@ -21,6 +21,7 @@ mod catchup;
 pub mod checkpoint;
 mod durable;
 pub mod membership;
+pub mod offset_map;
 pub mod owners;
 mod queue;
 mod sender;
@@ -189,6 +190,8 @@ struct Shared {
     gates: topics::TopicGates,
     identity: IdentityCell,
     progress: DashMap<TopicPartition, Progress>,
+    /// Per partition, where DC1's offsets went in DC2 (for consumer offsets).
+    offsets: DashMap<TopicPartition, offset_map::OffsetMap>,
     progress_version: AtomicU64,
     /// Bytes in the partitions' windows (sent or about to be), for
     /// `Settings::max_in_flight_bytes`.
@@ -391,6 +394,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         gates: topics::TopicGates::default(),
         identity,
         progress,
+        offsets: DashMap::new(),
         progress_version: AtomicU64::new(0),
         in_flight_bytes: std::sync::atomic::AtomicUsize::new(0),
         durable: durable::Durability::new(&loaded_partitions),
@@ -776,6 +780,15 @@ impl ReplicatorHandle {
     /// (Apache Kafka does; Tansu 0.6 reports no assignments). None without a group.
     pub fn owner(&self, tp: &TopicPartition) -> Option<String> {
         self.shared.tier.as_ref().and_then(|t| t.owner(tp))
+    }
+
+    /// The DC2 offset of the record a consumer of `tp` with committed DC1 offset
+    /// `committed` reads next, from the batches copied since this instance started.
+    pub fn translate(&self, tp: &TopicPartition, committed: i64) -> offset_map::Translated {
+        self.shared
+            .offsets
+            .get(tp)
+            .map_or(offset_map::Translated::Unknown, |m| m.translate(committed))
     }
 
     /// The last DC1 offset of `tp` known to be in DC2.

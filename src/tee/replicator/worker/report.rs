@@ -61,6 +61,13 @@ impl Worker {
 
     pub(super) fn commit(&mut self, ready: Ready, seq: i32, dc2_offset: Option<i64>) {
         self.check_dc2_offset(dc2_offset, i64::from(ready.span()));
+        if let Some(base) = dc2_offset {
+            self.sh.offsets.entry(self.tp.clone()).or_default().copied(
+                ready.first,
+                ready.last,
+                base,
+            );
+        }
         let pushed_at = self
             .arrivals
             .iter()
