@@ -109,12 +109,19 @@ def scrape(px: harness.Proxy) -> dict[str, float]:
 
 
 def group_view(px: harness.Proxy) -> dict[str, float]:
-    """The group metrics of one member (the takeover gauge only when it is there);
-    fails when one of the others is missing."""
+    """The group metrics one member has (a gauge appears once it is first set)."""
     m = scrape(px)
-    missing = [n for n in GROUP_METRICS if n not in m]
-    assert not missing, f"{px.proc.name}: /metrics has no {missing}"
     return {n: m[n] for n in (*GROUP_METRICS, TAKEOVER) if n in m}
+
+
+def settled(views: dict[str, dict[str, float]], total: int, min_generation: float) -> bool:
+    """Every member has the group metrics, one generation (at least `min_generation`),
+    and the partitions they own add up to `total`."""
+    if not all(n in v for v in views.values() for n in GROUP_METRICS):
+        return False
+    gens = {v["kafka_tee_group_generation"] for v in views.values()}
+    owned = sum(v["kafka_tee_group_owned_partitions"] for v in views.values())
+    return len(gens) == 1 and min(gens) >= min_generation and owned == total
 
 
 def dc1_partition_count(dc1: harness.Broker) -> int:
@@ -133,16 +140,15 @@ def wait_stable(members: list[harness.Proxy], total: int, min_generation: float 
     views: dict[str, dict[str, float]] = {}
     while True:
         views = {m.proc.name: group_view(m) for m in members}
-        gens = {v["kafka_tee_group_generation"] for v in views.values()}
-        owned = sum(v["kafka_tee_group_owned_partitions"] for v in views.values())
-        if len(gens) == 1 and min(gens) >= min_generation and owned == total:
+        if settled(views, total, min_generation):
             return time.monotonic() - t0, views
         dead = [m.proc.name for m in members if m.proc.poll() is not None]
         assert not dead, f"{dead} exited with {[m.proc.returncode for m in members]}"
         if time.monotonic() - t0 > timeout:
             raise AssertionError(
-                f"the group did not settle within {timeout:.0f}s (want one generation "
-                f">= {min_generation:.0f} and {total} partitions owned): {views}")
+                f"the group did not settle within {timeout:.0f}s (want {GROUP_METRICS} "
+                f"on every member, one generation >= {min_generation:.0f} and {total} "
+                f"partitions owned): {views}")
         time.sleep(0.25)
 
 
@@ -409,11 +415,9 @@ def test_member_frozen_past_its_session_then_resumed(dc1, dc2, proxy, tmp_path):
     try:
         acked_before = sum(lp.acked_count() for lp in producers)
         while time.monotonic() - stopped_at < 2 * SESSION_MS / 1000:
-            if took_over is None:
-                v = {m.proc.name: group_view(m) for m in others}
-                if (sum(x["kafka_tee_group_owned_partitions"] for x in v.values()) == total
-                        and min(x["kafka_tee_group_generation"] for x in v.values()) > before):
-                    took_over = time.monotonic() - stopped_at
+            if took_over is None and settled({m.proc.name: group_view(m) for m in others},
+                                             total, before + 1):
+                took_over = time.monotonic() - stopped_at
             time.sleep(0.25)
         during = sum(lp.acked_count() for lp in producers) - acked_before
     finally:
@@ -492,8 +496,8 @@ def test_two_instances_share_the_replication(dc1, dc2, proxy, tmp_path):
         assert teeutil.metric(p, "kafka_tee_not_owned_items_total") > 0
     _, views = wait_stable(px, dc1_partition_count(dc1))
     print(f"[two instances] generation {generation(views):.0f}, owned "
-          f"{[v['kafka_tee_group_owned_partitions'] for v in views.values()]}; "
-          f"{check_status_group(px, group, shared)}")
+          f"{[v['kafka_tee_group_owned_partitions'] for v in views.values()]}; takeover "
+          f"metric: {takeover_text(views)}; {check_status_group(px, group, shared)}")
 
 
 def test_instance_down_its_partitions_copied_when_back(dc1, dc2, proxy, tmp_path):
