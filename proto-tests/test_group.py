@@ -131,7 +131,7 @@ def dc1_partition_count(dc1: harness.Broker) -> int:
                if not name.startswith("__") and t.error is None)
 
 
-def wait_stable(members: list[harness.Proxy], total: int, min_generation: float = 1,
+def wait_stable(members: list[harness.Proxy], total: int, min_generation: float = 0,
                 timeout: float = GROUP_WAIT) -> tuple[float, dict[str, dict[str, float]]]:
     """Waits until every member reports the same generation, at least
     `min_generation`, and their owned partitions add up to `total`. Returns the seconds
