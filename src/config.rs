@@ -227,13 +227,27 @@ pub struct ReplicationConfig {
     /// back) are read back and copied. The wait doubles while nothing is found, up to
     /// a minute. 0: off (such offsets are copied only when later traffic shows them).
     pub follow_interval_ms: u64,
-    /// kafka-tee instances that share the replication of one DC1 cluster (several, for
-    /// a proxy tier that survives one instance failing). Each replicates the partitions
-    /// a hash of topic and partition gives it and finds them in DC1's metadata, so
-    /// records produced through any instance reach DC2 once. Every instance needs the
-    /// same `instances` and its own `instance` (0-based) and state directory.
-    pub instances: u32,
-    pub instance: u32,
+    /// A replication group: kafka-tee instances started with the same group name
+    /// share the replication of DC1's partitions, whatever their number. Ownership
+    /// comes from Kafka's group protocol at DC1's group coordinator, and positions are
+    /// that group's committed offsets in DC1 (see README, "Running several
+    /// instances"). None: this instance replicates every partition it carries.
+    pub group: Option<String>,
+    /// A member whose heartbeats stop for this long is dropped from the group and its
+    /// partitions taken over by the others. In milliseconds.
+    pub group_session_timeout_ms: u64,
+    /// How often a member heartbeats, in milliseconds.
+    pub group_heartbeat_interval_ms: u64,
+    /// How long the coordinator waits for every member to rejoin in a rebalance; a
+    /// member first waits for its batches in flight to DC2 to be answered, so it must
+    /// exceed `request_timeout_ms`. In milliseconds.
+    pub group_rebalance_timeout_ms: u64,
+    /// Replaced by `group`; a configuration that still has them is refused with a
+    /// message that says so.
+    #[doc(hidden)]
+    pub instances: Option<serde::de::IgnoredAny>,
+    #[doc(hidden)]
+    pub instance: Option<serde::de::IgnoredAny>,
 }
 
 impl Default for ReplicationConfig {
@@ -255,8 +269,12 @@ impl Default for ReplicationConfig {
             sync_topics: Vec::new(),
             checkpoint_interval_ms: 1_000,
             follow_interval_ms: 1_000,
-            instances: 1,
-            instance: 0,
+            group: None,
+            group_session_timeout_ms: 10_000,
+            group_heartbeat_interval_ms: 1_000,
+            group_rebalance_timeout_ms: 60_000,
+            instances: None,
+            instance: None,
         }
     }
 }
@@ -422,30 +440,60 @@ impl Config {
                 problems.push(format!("{field}: {v} is more than a day ({DAY_MS} ms)"));
             }
         }
-        if !(1..=1024).contains(&r.instances) {
-            problems.push(format!(
-                "replication.instances: {} is outside 1..=1024",
-                r.instances
-            ));
-        } else if r.instance >= r.instances {
-            problems.push(format!(
-                "replication.instance: {} must be below replication.instances ({})",
-                r.instance, r.instances
-            ));
-        }
-        if r.instances > 1 && !r.sync_topics.is_empty() {
+        if r.instances.is_some() || r.instance.is_some() {
             problems.push(
-                "replication.sync_topics: needs replication.instances = 1 (an instance cannot \
-                 confirm partitions another instance replicates)"
+                "replication.instances / replication.instance: replaced by replication.group; \
+                 start every instance with the same `group = \"NAME\"` (or \
+                 --replication-group NAME) and remove both fields: ownership and positions \
+                 then live in DC1's consumer group NAME (see README, \"Running several \
+                 instances\")"
                     .into(),
             );
         }
-        if r.instances > 1 && r.follow_interval_ms == 0 {
-            problems.push(
-                "replication.follow_interval_ms: must not be 0 with several instances (records \
-                 produced through the others are found by it)"
-                    .into(),
-            );
+        if let Some(g) = &r.group {
+            if g.trim().is_empty() || g.len() > 249 {
+                problems.push(format!(
+                    "replication.group: {g:?} must be 1 to 249 characters, not blank"
+                ));
+            }
+            if !r.sync_topics.is_empty() {
+                problems.push(
+                    "replication.sync_topics: not available with replication.group (an \
+                     instance cannot confirm partitions another instance replicates)"
+                        .into(),
+                );
+            }
+            if r.follow_interval_ms == 0 {
+                problems.push(
+                    "replication.follow_interval_ms: must not be 0 with replication.group \
+                     (records produced through the other instances are found by it)"
+                        .into(),
+                );
+            }
+            if !(1_000..=DAY_MS).contains(&r.group_session_timeout_ms) {
+                problems.push(format!(
+                    "replication.group_session_timeout_ms: {} is outside 1000..={DAY_MS}",
+                    r.group_session_timeout_ms
+                ));
+            }
+            if r.group_heartbeat_interval_ms == 0
+                || r.group_heartbeat_interval_ms.saturating_mul(3) > r.group_session_timeout_ms
+            {
+                problems.push(format!(
+                    "replication.group_heartbeat_interval_ms: {} must be above 0 and at most a \
+                     third of group_session_timeout_ms ({})",
+                    r.group_heartbeat_interval_ms, r.group_session_timeout_ms
+                ));
+            }
+            if r.group_rebalance_timeout_ms <= r.request_timeout_ms
+                || r.group_rebalance_timeout_ms > DAY_MS
+            {
+                problems.push(format!(
+                    "replication.group_rebalance_timeout_ms: {} must exceed request_timeout_ms \
+                     ({}) and be at most a day",
+                    r.group_rebalance_timeout_ms, r.request_timeout_ms
+                ));
+            }
         }
         if !(1..=65_536).contains(&r.max_in_flight_per_partition) {
             problems.push(format!(
@@ -596,6 +644,20 @@ mod tests {
     }
 
     #[test]
+    fn the_old_instance_fields_are_refused_naming_the_group() {
+        let text = "[source]\nbootstrap = [\"127.0.0.1:9092\"]\n[replication]\ninstances = 2\ninstance = 0\n";
+        let cfg = Config::from_toml(text).expect("parses, to say what replaced them");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("replaced by replication.group"), "{err}");
+        let ok = Config::from_toml(
+            "[source]\nbootstrap = [\"127.0.0.1:9092\"]\n[replication]\ngroup = \"tier\"\n",
+        )
+        .expect("parses");
+        ok.validate().expect("a group with the defaults is valid");
+        assert_eq!(ok.replication.group.as_deref(), Some("tier"));
+    }
+
+    #[test]
     fn validate_reports_every_problem() {
         let mut cfg = Config::default();
         cfg.proxy.listen = "nope".into();
@@ -604,8 +666,8 @@ mod tests {
         cfg.replication.include = vec!["(".into()];
         cfg.replication.follow_interval_ms = u64::MAX;
         cfg.proxy.idle_timeout_ms = u64::MAX;
-        cfg.replication.instances = 2;
-        cfg.replication.instance = 2;
+        cfg.replication.group = Some(" ".into());
+        cfg.replication.group_heartbeat_interval_ms = 5_000;
         let err = cfg.validate().unwrap_err().to_string();
         for needle in [
             "proxy.listen",
@@ -615,7 +677,8 @@ mod tests {
             "replication.include",
             "replication.follow_interval_ms: 18446744073709551615 is more than a day",
             "proxy.idle_timeout_ms: 18446744073709551615 is more than a day",
-            "replication.instance: 2 must be below replication.instances (2)",
+            "replication.group: \" \" must be 1 to 249 characters",
+            "replication.group_heartbeat_interval_ms: 5000 must be above 0",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

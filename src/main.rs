@@ -44,6 +44,10 @@ struct RunArgs {
     /// Directory for durable state (checkpoints).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Share the replication with every instance started with the same group name
+    /// (replication.group): ownership and positions live in DC1's consumer group.
+    #[arg(long, value_name = "NAME")]
+    replication_group: Option<String>,
     /// Host name put in broker addresses handed to clients.
     #[arg(long, value_name = "HOST")]
     advertised_host: Option<String>,
@@ -185,6 +189,9 @@ fn load_config(args: &RunArgs) -> Result<Config, kafka_tee::config::ConfigError>
     }
     if let Some(d) = &args.state_dir {
         config.state.dir = Some(d.clone());
+    }
+    if let Some(g) = &args.replication_group {
+        config.replication.group = Some(g.clone());
     }
     if let Some(h) = &args.advertised_host {
         config.proxy.advertised_host = Some(h.clone());

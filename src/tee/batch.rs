@@ -162,6 +162,12 @@ impl RecordBatch {
         self.bytes
     }
 
+    /// The records, as stored (compressed when the batch is): everything after the
+    /// header, which a copy to DC2 keeps byte for byte.
+    pub fn records_bytes(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN.min(self.bytes.len())..]
+    }
+
     /// Size of the whole batch in bytes.
     pub fn len(&self) -> usize {
         self.bytes.len()

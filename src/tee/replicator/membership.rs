@@ -12,10 +12,16 @@
 //! Rebalances are eager (every member gives up everything, then rejoins) and the
 //! assignment sticky, so a partition that stays with its owner resumes at once.
 //!
-//! The replicator does not take its partitions from here yet: `replication.instances`
-//! and `replication.instance` still decide ownership. proto-tests/group.rs runs this
-//! against a real broker's coordinator.
+//! Two more signals serve the replicator (`tier`), see [`Hooks`]: a [`Lease`] that
+//! the DC2 senders check before writing a request (so an instance that was frozen
+//! past its session timeout sends nothing once it runs again, before this loop has
+//! even noticed), and a handshake before rejoining: the member rejoins only once the
+//! replicator says the generation's partitions are released (their sends to DC2
+//! answered), so no batch of a deposed owner lands after the new owner looked at DC2.
+//! proto-tests/group.rs runs this against a real broker's coordinator.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
@@ -45,6 +51,51 @@ pub struct Assignment {
     pub partitions: Vec<TopicPartition>,
 }
 
+/// Until when this member may act on its assignment: the last answered heartbeat plus
+/// the session timeout minus one heartbeat interval (before the coordinator can have
+/// given the partitions to someone else). Read with a monotonic clock, which keeps
+/// running while the process is stopped (SIGSTOP), so a frozen member finds it expired.
+#[derive(Debug)]
+pub struct Lease {
+    base: Instant,
+    /// Milliseconds after `base`; 0: no lease.
+    until_ms: AtomicU64,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Lease {
+    pub fn valid(&self) -> bool {
+        let until = self.until_ms.load(Ordering::Acquire);
+        until > 0 && (self.base.elapsed().as_millis() as u64) < until
+    }
+
+    fn grant(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.base).as_millis() as u64;
+        self.until_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.until_ms.store(0, Ordering::Release);
+    }
+}
+
+/// What the replicator gets besides the assignment.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub lease: Arc<Lease>,
+    /// The replicator publishes here the last generation whose partitions it has
+    /// released; `None`: nobody waits for it (the member rejoins at once).
+    pub released: Option<watch::Receiver<i32>>,
+}
+
 /// The partitions the group replicates, as this instance's discovery sees them: the
 /// leader assigns what its own view holds when the generation forms.
 pub type PartitionSource = watch::Receiver<Vec<TopicPartition>>;
@@ -59,16 +110,41 @@ pub async fn run(
     tx: watch::Sender<Option<Assignment>>,
     stop: CancellationToken,
 ) {
+    run_with(client, settings, partitions, tx, Hooks::default(), stop).await
+}
+
+/// [`run`] with the replicator's lease and release handshake.
+pub async fn run_with(
+    client: Client,
+    settings: GroupSettings,
+    partitions: PartitionSource,
+    tx: watch::Sender<Option<Assignment>>,
+    mut hooks: Hooks,
+    stop: CancellationToken,
+) {
     let mut member_id = String::new();
     let mut owned: Vec<TopicPartition> = Vec::new();
     let mut backoff = client.backoff();
     while !stop.is_cancelled() {
+        hooks.lease.end();
         tx.send_replace(None);
+        let mut generation = None;
         let round = tokio::select! {
-            r = one_generation(&client, &settings, &partitions, &tx, &mut member_id, &mut owned, &stop) => r,
+            r = one_generation(&client, &settings, &partitions, &tx, &hooks.lease, &mut generation, &mut member_id, &mut owned, &stop) => r,
             _ = stop.cancelled() => Ok(()),
         };
+        hooks.lease.end();
         tx.send_replace(None);
+        if let (Some(g), Some(released)) = (generation, hooks.released.as_mut()) {
+            // Rejoining before the partitions are released could let their new owner
+            // start while this instance's batches are still on the way to DC2. A
+            // member that takes longer than the rebalance timeout is dropped anyway.
+            let wait = settings.rebalance_timeout.mul_f64(0.75);
+            let done = tokio::time::timeout(wait, released.wait_for(|&r| r >= g)).await;
+            if done.is_err() {
+                tracing::warn!(group = %settings.group, generation = g, "partitions not released in time; rejoining anyway");
+            }
+        }
         match round {
             Ok(()) => backoff.reset(),
             Err(e) => {
@@ -105,11 +181,14 @@ pub async fn run(
 
 /// Joins, syncs and heartbeats through one generation. `Ok` when a rebalance asks
 /// to rejoin; `Err` for anything else.
+#[allow(clippy::too_many_arguments)]
 async fn one_generation(
     client: &Client,
     settings: &GroupSettings,
     partitions: &PartitionSource,
     tx: &watch::Sender<Option<Assignment>>,
+    lease: &Lease,
+    generation: &mut Option<i32>,
     member_id: &mut String,
     owned: &mut Vec<TopicPartition>,
     stop: &CancellationToken,
@@ -149,6 +228,12 @@ async fn one_generation(
         }
     };
     *owned = mine.clone();
+    *generation = Some(joined.generation);
+    let doubt_after = settings
+        .session_timeout
+        .saturating_sub(settings.heartbeat_interval);
+    let mut last_ok = Instant::now();
+    lease.grant(last_ok + doubt_after);
     tracing::info!(
         group, generation = joined.generation, member = %joined.member_id,
         leader = joined.is_leader(), partitions = mine.len(),
@@ -162,15 +247,28 @@ async fn one_generation(
     }));
     // Heartbeats. The membership is in doubt once no heartbeat was answered for the
     // session timeout minus one interval: the coordinator may expire it any moment.
-    let doubt_after = settings
-        .session_timeout
-        .saturating_sub(settings.heartbeat_interval);
-    let mut last_ok = Instant::now();
+    // The leader also rejoins when the partitions to share changed (a new topic or
+    // more partitions), so they get an owner.
+    let mut watched = partitions.clone();
+    watched.mark_unchanged();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(settings.heartbeat_interval) => {}
+        let changed = tokio::select! {
+            _ = tokio::time::sleep(settings.heartbeat_interval) => false,
+            c = watched.changed(), if joined.is_leader() => c.is_ok(),
             _ = stop.cancelled() => return Ok(()),
+        };
+        if changed {
+            // Kafka rebalances when its leader rejoins; Tansu 0.6 answers the rejoin
+            // with the same generation. Leaving and joining as a new member makes
+            // every coordinator rebalance (the partitions owned are still announced).
+            tracing::info!(group, "the partitions to replicate changed; rebalancing");
+            if let Err(e) = client.leave_group(coord, group, &joined.member_id).await {
+                tracing::debug!(group, error = %e, "leaving to rebalance failed; rejoining");
+            }
+            member_id.clear();
+            return Ok(());
         }
+        let sent_at = Instant::now();
         let beat = tokio::time::timeout(
             doubt_after
                 .saturating_sub(last_ok.elapsed())
@@ -179,7 +277,12 @@ async fn one_generation(
         )
         .await;
         match beat {
-            Ok(Ok(())) => last_ok = Instant::now(),
+            Ok(Ok(())) => {
+                // The coordinator's session counts from when it got the heartbeat, at
+                // the earliest when it was sent.
+                last_ok = sent_at;
+                lease.grant(last_ok + doubt_after);
+            }
             Ok(Err(e)) if rejoin(&e) => return Ok(()),
             Ok(Err(e)) if e.kafka_error().is_some() => return Err(e),
             Ok(Err(e)) => {

@@ -15,15 +15,16 @@
 //! memory is bounded by the shared [`Budget`] (a captured batch holds its reservation
 //! until DC2 acknowledges it or it is dropped or turned into a gap).
 
+mod align;
 pub mod assign;
 mod catchup;
 pub mod checkpoint;
-mod discover;
 mod durable;
 pub mod membership;
 mod queue;
 mod sender;
 mod tail;
+mod tier;
 mod topics;
 mod window;
 mod worker;
@@ -44,6 +45,7 @@ use crate::client::{Client, ClientConfig, ClientError, Cluster};
 use crate::config::{ClusterConfig, Config};
 use crate::tee::{Budget, Pending, TopicPartition};
 use checkpoint::Checkpoint;
+pub use tier::GroupView;
 pub use topics::{COPIED_CONFIGS, TopicFilter, TopicStatus};
 
 /// Replication settings taken from the configuration.
@@ -61,9 +63,6 @@ struct Settings {
     checkpoint_interval: Duration,
     /// First wait before an idle partition's end in DC1 is looked up (None: never).
     follow_interval: Option<Duration>,
-    /// Instances sharing DC1's partitions, and this one's number (see `discover`).
-    instances: u32,
-    instance: u32,
     state_dir: Option<PathBuf>,
 }
 
@@ -137,6 +136,9 @@ struct Progress {
     producer_id: i64,
     producer_epoch: i16,
     next_sequence: i32,
+    /// The DC2 offset after the last copied batch, when known (committed to DC2 in a
+    /// replication group, see `tier`).
+    dc2_next: Option<i64>,
 }
 
 /// One DC1 partition as the replicator sees it, for status pages.
@@ -199,10 +201,8 @@ struct Shared {
     senders: Mutex<HashMap<i32, mpsc::Sender<sender::Unit>>>,
     sender_tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
-    /// With several instances: partitions no checkpoint names start at DC1's log start
-    /// (false only on a first start, until the first look at DC1's metadata has
-    /// anchored the partitions DC1 already had; see `discover`).
-    from_log_start: AtomicBool,
+    /// In a replication group: ownership, lease and positions (see `tier`).
+    tier: Option<tier::Tier>,
     /// Shutdown began: finish what is queued, accept nothing new.
     draining: CancellationToken,
     /// Stop now.
@@ -211,10 +211,20 @@ struct Shared {
 }
 
 impl Shared {
-    /// Whether this instance replicates the partition (always, as the only instance).
+    /// Whether this instance replicates the partition (always, without a group).
     fn owns(&self, tp: &TopicPartition) -> bool {
-        let n = self.settings.instances;
-        n <= 1 || discover::owner(&tp.topic, tp.partition, n) == self.settings.instance
+        self.tier.as_ref().is_none_or(|t| t.owns(tp))
+    }
+
+    /// Whether batches may be sent to DC2 now: always without a group; in one, while
+    /// the membership's lease holds.
+    fn may_send(&self) -> bool {
+        self.tier.as_ref().is_none_or(|t| t.lease.valid())
+    }
+
+    /// The DC2 topic a DC1 topic is copied to.
+    fn dc2_topic(&self, topic: &str) -> Arc<str> {
+        Arc::from(format!("{}{}", self.settings.topic_prefix, topic))
     }
 
     fn progress_changed(&self) {
@@ -241,6 +251,7 @@ impl Shared {
             broker,
             rx,
             produce_timeout,
+            self.tier.as_ref().map(|t| t.lease.clone()),
             self.hard_stop.clone(),
         ));
         self.sender_tasks
@@ -262,6 +273,9 @@ impl Shared {
 /// everything at once (nothing is flushed).
 pub struct Replicator {
     shared: Arc<Shared>,
+    /// The replication group's task, and its stop (releases, then leaves the group).
+    tier_task: Option<JoinHandle<()>>,
+    tier_stop: CancellationToken,
     checkpoint_task: Option<JoinHandle<()>>,
     gauges_task: Option<JoinHandle<()>>,
     checkpoint_stop: CancellationToken,
@@ -326,21 +340,17 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         checkpoint_interval: Duration::from_millis(r.checkpoint_interval_ms.max(10)),
         follow_interval: (r.follow_interval_ms > 0)
             .then(|| Duration::from_millis(r.follow_interval_ms.max(10))),
-        instances: r.instances.max(1),
-        instance: r.instance,
         state_dir: config.state.dir.clone(),
     };
     let progress = DashMap::new();
     let identity = IdentityCell::default();
     let mut loaded_partitions = Vec::new();
-    let mut fresh = true;
     if let Some(dir) = &settings.state_dir {
         let dir = dir.clone();
         let loaded = tokio::task::spawn_blocking(move || Checkpoint::load(&dir))
             .await
             .context("checkpoint loader")??;
         if let Some(cp) = loaded {
-            fresh = false;
             if cp.producer_id >= 0 {
                 identity.set(Identity {
                     producer_id: cp.producer_id,
@@ -359,6 +369,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
                         producer_id: p.producer_id,
                         producer_epoch: p.producer_epoch,
                         next_sequence: p.next_sequence,
+                        dc2_next: None,
                     },
                 );
             }
@@ -389,38 +400,49 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         senders: Mutex::new(HashMap::new()),
         sender_tasks: Mutex::new(Vec::new()),
         closed: AtomicBool::new(false),
-        from_log_start: AtomicBool::new(!fresh),
+        tier: r.group.clone().map(tier::Tier::new),
         draining: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         runtime: tokio::runtime::Handle::current(),
     });
-    // Partitions in the checkpoint resume at once: what DC1 acknowledged after the
-    // checkpoint is copied even if they get no new records.
     let handle = ReplicatorHandle {
         shared: shared.clone(),
     };
-    let restored: Vec<TopicPartition> = shared
-        .progress
-        .iter()
-        .map(|e| e.key().clone())
-        .filter(|tp| shared.filter.wants(&tp.topic) && shared.owns(tp))
-        .collect();
-    for tp in restored {
-        let tx = handle.spawn_worker(tp.clone());
-        shared.workers.insert(tp, tx);
-    }
-    if shared.settings.instances > 1 {
-        tracing::info!(
-            instance = shared.settings.instance,
-            instances = shared.settings.instances,
-            "replicating this instance's share of DC1's partitions"
-        );
-        let task = tokio::spawn(discover::run(handle.clone(), fresh));
-        shared
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+    let tier_stop = CancellationToken::new();
+    let mut tier_task = None;
+    if let Some(group) = &r.group {
+        // JoinGroup answers only when the generation forms: the member's own client
+        // waits longer than the rebalance timeout.
+        let mut mc = client_config(Cluster::Dc1, &config.source, config)?;
+        let rebalance = Duration::from_millis(r.group_rebalance_timeout_ms);
+        mc.request_timeout = rebalance + Duration::from_secs(5);
+        mc.client_id = "kafka-tee-group".into();
+        let settings = membership::GroupSettings {
+            group: group.clone(),
+            session_timeout: Duration::from_millis(r.group_session_timeout_ms),
+            rebalance_timeout: rebalance,
+            heartbeat_interval: Duration::from_millis(r.group_heartbeat_interval_ms),
+        };
+        tracing::info!(group = %group, "replicating the partitions the replication group assigns this instance");
+        tier_task = Some(tokio::spawn(tier::run(
+            handle.clone(),
+            Client::new(mc),
+            settings,
+            tier_stop.clone(),
+        )));
+    } else {
+        // Partitions in the checkpoint resume at once: what DC1 acknowledged after the
+        // checkpoint is copied even if they get no new records.
+        let restored: Vec<TopicPartition> = shared
+            .progress
+            .iter()
+            .map(|e| e.key().clone())
+            .filter(|tp| shared.filter.wants(&tp.topic))
+            .collect();
+        for tp in restored {
+            let tx = handle.spawn_worker(tp.clone());
+            shared.workers.insert(tp, tx);
+        }
     }
     let checkpoint_stop = CancellationToken::new();
     let checkpoint_task = shared.settings.state_dir.clone().map(|dir| {
@@ -441,6 +463,8 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
     );
     Ok(Replicator {
         shared,
+        tier_task,
+        tier_stop,
         checkpoint_task,
         gauges_task,
         checkpoint_stop,
@@ -517,6 +541,16 @@ impl Replicator {
         let sh = self.shared.clone();
         let deadline = Instant::now() + grace;
         sh.closed.store(true, Ordering::Release);
+        // In a group: the owned partitions are released (batches in flight answered,
+        // positions committed) and the group left, so the others take over at once.
+        self.tier_stop.cancel();
+        if let Some(t) = self.tier_task.take() {
+            let abort = t.abort_handle();
+            if tokio::time::timeout_at(deadline.into(), t).await.is_err() {
+                tracing::warn!("replication group not left within the grace period");
+                abort.abort();
+            }
+        }
         sh.draining.cancel();
         // Dropping the senders lets each worker finish its queue and stop.
         sh.workers.clear();
@@ -581,6 +615,7 @@ impl Replicator {
 impl Drop for Replicator {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
+        self.tier_stop.cancel();
         self.shared.hard_stop.cancel();
         self.checkpoint_stop.cancel();
     }
@@ -608,6 +643,22 @@ impl ReplicatorHandle {
         }
         // DC1 acknowledged the item just now: replication latency counts from here.
         let item = (Instant::now(), item);
+        if sh.tier.is_some() {
+            // In a group, only the takeover starts workers; until it has, the
+            // partition's worker reads these offsets back from DC1.
+            match sh.workers.get(&tp) {
+                Some(tx) => {
+                    if let Err(mpsc::error::SendError((_, item))) = tx.send(item) {
+                        sh.release(&item);
+                    }
+                }
+                None => {
+                    metrics::counter!("kafka_tee_not_owned_items_total").increment(1);
+                    sh.release(&item.1);
+                }
+            }
+            return;
+        }
         let item = match sh.workers.get(&tp) {
             Some(tx) => match tx.send(item) {
                 Ok(()) => return,
@@ -635,9 +686,20 @@ impl ReplicatorHandle {
         }
     }
 
+    /// A worker of a partition this instance owns in a group, stopped by `revoke`.
+    fn spawn_owned_worker(
+        &self,
+        tp: TopicPartition,
+        revoke: CancellationToken,
+    ) -> (mpsc::UnboundedSender<(Instant, Pending)>, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let w = worker::Worker::new(self.shared.clone(), tp, rx, revoke);
+        (tx, self.shared.runtime.spawn(w.run()))
+    }
+
     fn spawn_worker(&self, tp: TopicPartition) -> mpsc::UnboundedSender<(Instant, Pending)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let w = worker::Worker::new(self.shared.clone(), tp, rx);
+        let w = worker::Worker::new(self.shared.clone(), tp, rx, CancellationToken::new());
         let task = self.shared.runtime.spawn(w.run());
         let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|t| !t.is_finished());
@@ -703,6 +765,11 @@ impl ReplicatorHandle {
         out
     }
 
+    /// The replication group as this instance sees it (None without a group).
+    pub fn group(&self) -> Option<GroupView> {
+        self.shared.tier.as_ref().map(|t| t.view())
+    }
+
     /// The last DC1 offset of `tp` known to be in DC2.
     pub fn replicated_offset(&self, tp: &TopicPartition) -> Option<i64> {
         self.shared.progress.get(tp).map(|p| p.offset)
@@ -712,16 +779,20 @@ impl ReplicatorHandle {
     /// no `state.dir` is kept: nothing survives a restart then).
     pub fn start_is_durable(&self, tp: &TopicPartition, base: i64) -> bool {
         self.shared.settings.state_dir.is_none()
-            || !self.shared.owns(tp)
+            || self.shared.tier.is_some()
             || self.shared.durable.covers(tp, base)
     }
 
     /// Records where each partition in `starts` (partition, acked base) must be resumed
     /// and waits until a checkpoint saying so is on disk; false if it is not (a failed
     /// write, or no write within a few seconds).
-    pub async fn make_starts_durable(&self, mut starts: Vec<(TopicPartition, i64)>) -> bool {
-        starts.retain(|(tp, _)| self.shared.owns(tp));
-        if self.shared.settings.state_dir.is_none() || starts.is_empty() {
+    pub async fn make_starts_durable(&self, starts: Vec<(TopicPartition, i64)>) -> bool {
+        // In a group, positions live in the group and a partition without one is
+        // copied from DC1's log start: nothing to wait for.
+        if self.shared.settings.state_dir.is_none()
+            || self.shared.tier.is_some()
+            || starts.is_empty()
+        {
             return true;
         }
         self.shared.make_starts_durable(starts).await

@@ -17,6 +17,8 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::membership::Lease;
+
 use crate::client::{Client, ClientError};
 use crate::tee::batch::PatchedBatch;
 
@@ -77,6 +79,7 @@ pub(super) async fn run(
     broker: i32,
     mut rx: mpsc::Receiver<Unit>,
     produce_timeout: Duration,
+    lease: Option<Arc<Lease>>,
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
@@ -99,6 +102,19 @@ pub(super) async fn run(
             }
         }
         let units = take_request(&mut backlog);
+        if lease.as_ref().is_some_and(|l| !l.valid()) {
+            // A member of a replication group whose membership is in doubt (it may
+            // have been frozen past its session timeout) writes nothing: another
+            // member may own these partitions by now.
+            let r = UnitResult::Unknown {
+                reason: "replication group membership in doubt; not sent".into(),
+                refresh: false,
+            };
+            for u in units {
+                let _ = u.reply.send(r.clone());
+            }
+            continue;
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p,
             _ = cancel.cancelled() => break,

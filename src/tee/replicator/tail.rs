@@ -53,7 +53,7 @@ pub(super) async fn partition_end(
 
 /// (log start, end) of a partition; see [`partition_end`]. The log start is 0 when
 /// the broker does not report it.
-async fn partition_bounds(
+pub(super) async fn partition_bounds(
     client: &Client,
     topic: &str,
     partition: i32,
@@ -178,4 +178,55 @@ async fn scan(
         }
     }
     Ok(held)
+}
+
+/// Fingerprints (see `align::fingerprint`) of the batches in `from..to` of a
+/// partition, in log order, reading at most `max_bytes`; with the offset the read
+/// reached (`to` when it read everything).
+pub(super) async fn scan_batches(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    mut from: i64,
+    to: i64,
+    max_bytes: usize,
+) -> Result<(Vec<u64>, i64), ClientError> {
+    let mut prints = Vec::new();
+    let mut read = 0usize;
+    while from < to && read < max_bytes {
+        let f = fetch_at(
+            client,
+            topic,
+            partition,
+            from,
+            TAIL_FETCH_BYTES,
+            IsolationLevel::ReadUncommitted,
+        )
+        .await?;
+        let mut moved = false;
+        for b in split_batches(f.records) {
+            let b = b.map_err(|e| ClientError::Protocol {
+                cluster: client.config().cluster,
+                broker: -1,
+                message: format!("a batch in {topic}-{partition} is not valid: {e}"),
+            })?;
+            let next = b
+                .base_offset()
+                .saturating_add(i64::from(b.last_offset_delta()) + 1);
+            if next <= from {
+                continue;
+            }
+            if b.base_offset() >= to {
+                return Ok((prints, to));
+            }
+            moved = true;
+            from = next;
+            read += b.len();
+            prints.push(super::align::fingerprint(&b));
+        }
+        if !moved {
+            break;
+        }
+    }
+    Ok((prints, from.min(to)))
 }

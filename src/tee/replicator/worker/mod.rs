@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::catchup::CatchUp;
 use super::queue::PartitionQueue;
@@ -145,9 +146,9 @@ pub(super) struct Worker {
     /// After a restart: DC1's end has not been looked up yet (offsets acknowledged
     /// before the restart are copied even if nothing new is pushed).
     resume: bool,
-    /// With several instances, a partition no checkpoint names: where it starts is
-    /// decided before the first item is taken in (see `anchor`).
-    anchor: bool,
+    /// In a replication group: the partition was given to another member. The worker
+    /// sends nothing more, waits for the answers to what it has in flight, and stops.
+    revoked: CancellationToken,
     /// Highest DC1 offset pushed so far, and the base for lag before the first ack.
     pushed_upto: Option<i64>,
     lag_base: Option<i64>,
@@ -177,8 +178,9 @@ impl Worker {
         sh: Arc<Shared>,
         tp: TopicPartition,
         rx: mpsc::UnboundedReceiver<(Instant, Pending)>,
+        revoked: CancellationToken,
     ) -> Self {
-        let dc2_topic: Arc<str> = Arc::from(format!("{}{}", sh.settings.topic_prefix, tp.topic));
+        let dc2_topic = sh.dc2_topic(&tp.topic);
         let gate = sh.gates.gate(&tp.topic);
         let restored = sh.progress.get(&tp).map(|p| *p);
         let backoff = Backoff::new(sh.settings.retry_backoff, sh.settings.retry_backoff_max);
@@ -221,7 +223,7 @@ impl Worker {
             sent_upto: restored.map(|p| p.offset),
             expect: restored.map(|p| p.offset + 1),
             resume: restored.is_some(),
-            anchor: restored.is_none() && sh.settings.instances > 1,
+            revoked,
             pushed_upto: restored.map(|p| p.offset),
             lag_base: None,
             lag_reported: 0,
@@ -247,9 +249,9 @@ impl Worker {
             if hard.is_cancelled() {
                 break;
             }
-            if self.anchor {
-                self.anchor().await;
-                continue;
+            if self.revoked.is_cancelled() {
+                self.wind_down().await;
+                break;
             }
             self.drain_input();
             if self.finished() {
@@ -475,6 +477,9 @@ impl Worker {
         let Some(ident) = self.ident else {
             return Err("no DC2 producer id yet".into());
         };
+        if !self.sh.may_send() {
+            return Err("replication group membership in doubt".into());
+        }
         let leader = match self.leader {
             Some(l) => l,
             None => match self.sh.dc2.leader(&self.dc2_topic, self.tp.partition).await {
@@ -570,6 +575,7 @@ impl Worker {
                     None => self.rx_open = false,
                 },
                 _ = draining.cancelled(), if stop_on_drain => return,
+                _ = self.revoked.cancelled() => return,
                 _ = hard.cancelled() => return,
             }
         }
@@ -590,8 +596,29 @@ impl Worker {
             },
             // Wakes up once so the run loop sees the drain and checks `finished`.
             _ = draining.cancelled(), if !draining.is_cancelled() => {}
+            _ = self.revoked.cancelled() => {}
             _ = hard.cancelled() => {}
             _ = tokio::time::sleep_until(self.follow_at.into()), if follow => self.follow_dc1().await,
+        }
+    }
+
+    /// The partition went to another member: nothing more is sent, and the answers
+    /// to what is in flight are awaited (up to the request timeout), so what DC2 took
+    /// is in the position the release commits and nothing lands after the new owner
+    /// looked at DC2's tail.
+    async fn wind_down(&mut self) {
+        let until = tokio::time::Instant::now() + self.sh.settings.request_timeout;
+        while !self.flights.is_empty() && !self.sh.hard_stop.is_cancelled() {
+            if tokio::time::timeout_at(until, self.await_front())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    partition = %self.tp, in_flight = self.flights.len(),
+                    "partition released with batches unanswered by DC2; the new owner reads DC2's tail"
+                );
+                break;
+            }
         }
     }
 

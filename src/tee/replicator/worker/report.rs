@@ -191,6 +191,7 @@ impl Worker {
                     producer_id: id.producer_id,
                     producer_epoch: id.epoch,
                     next_sequence: self.window.acked_seq(),
+                    dc2_next: self.dc2_next,
                 },
             );
             // Waiters wake up now, so everything they may read is already updated.

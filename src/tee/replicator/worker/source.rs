@@ -1,7 +1,6 @@
 //! The worker's DC1 side: items pushed by the capture taken in order, offsets missing
 //! between them turned into gaps, gaps read back from DC1 (`catchup`), the look at
-//! DC1's end after a restart or while a partition is idle, and where a partition with
-//! no checkpoint starts.
+//! DC1's end after a restart or while a partition is idle.
 
 use std::time::Instant;
 
@@ -58,68 +57,6 @@ impl Worker {
                 self.pause(d).await;
             }
         }
-    }
-
-    /// With several instances, decides where a partition no checkpoint names starts.
-    /// The other instances may have carried records to it before this one saw any, so
-    /// it starts at DC1's log start, and the look at DC1's end copies them; except when
-    /// the first item is discovery's anchor (an empty range: the partition's end, on a
-    /// first start), or on a first start before that first look at DC1, where it
-    /// starts at its first item as a single instance does.
-    pub(super) async fn anchor(&mut self) {
-        let hard = self.sh.hard_stop.clone();
-        let draining = self.sh.draining.clone();
-        let first = tokio::select! {
-            item = self.rx.recv() => item,
-            _ = hard.cancelled() => return,
-            _ = draining.cancelled() => None,
-        };
-        self.anchor = false;
-        let Some((at, item)) = first else {
-            self.rx_open = !self.rx.is_closed();
-            return;
-        };
-        let (from, to) = item_range(&item);
-        let here = from > to
-            || !self
-                .sh
-                .from_log_start
-                .load(std::sync::atomic::Ordering::Acquire);
-        if !here {
-            let looked = tokio::select! {
-                s = self.sh.dc1.list_offset(&self.tp.topic, self.tp.partition, crate::client::EARLIEST) => s,
-                _ = hard.cancelled() => {
-                    self.sh.release(&item);
-                    return;
-                }
-            };
-            match looked {
-                Ok(log_start) if log_start < from => {
-                    self.accept(
-                        at,
-                        Pending::Gap {
-                            from: log_start,
-                            to: log_start - 1,
-                        },
-                    );
-                    // A restart must resume there too, not at this instance's first batch.
-                    if self.sh.settings.state_dir.is_some()
-                        && !self
-                            .sh
-                            .make_starts_durable(vec![(self.tp.clone(), log_start)])
-                            .await
-                    {
-                        tracing::warn!(partition = %self.tp, "the partition's start is not in a checkpoint yet");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    partition = %self.tp, error = %e,
-                    "cannot read where the partition starts in DC1; replicating it from the first batch acknowledged through this instance"
-                ),
-            }
-        }
-        self.accept(at, item);
     }
 
     pub(super) fn drain_input(&mut self) {

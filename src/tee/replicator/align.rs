@@ -1,0 +1,220 @@
+//! Where a new owner of a DC1 partition continues, so that nothing is written twice:
+//! the group's committed position says up to which DC1 offset DC2 held the data and at
+//! which DC2 offset the copy of the next batch goes. The previous owner may have
+//! copied more after its last commit; those copies are found by their bytes.
+//!
+//! Every batch reaches DC2 whole, with only its producer id, epoch, sequence, base
+//! offset and CRC changed, and the window keeps DC2 in DC1 order without gaps or
+//! repeats. So the batches DC2 holds from the committed DC2 offset on are copies of a
+//! run of the DC1 batches from the committed DC1 offset on: the first run of DC1
+//! batches whose contents equal them, in order, ends where the new owner continues.
+//! The DC2 position is committed (to DC2) before the DC1 one, so it is at or after
+//! the point the DC1 position names; a run that starts later than the committed DC1
+//! offset covers a DC1 commit that failed after the DC2 one. Batches DC2 holds that no
+//! run of DC1's matches (another writer, a rewritten batch) are not skipped: the new
+//! owner resumes at the committed DC1 offset, which may copy some twice but never
+//! loses one, and says so.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use super::catchup::{CatchUp, Skipped, Step};
+use super::tail::{partition_bounds, scan_batches};
+use crate::client::{Client, ClientError, EARLIEST, IsolationLevel};
+use crate::tee::TopicPartition;
+use crate::tee::batch::RecordBatch;
+
+/// At most this many bytes of either partition are read to find the start.
+const MAX_READ_BYTES: usize = 256 * 1024 * 1024;
+/// How long the read of DC1 waits for offsets that are not readable yet (an open
+/// transaction) before deciding with what it has.
+const DC1_WAIT: Duration = Duration::from_secs(5);
+
+/// Attribute bits a copy may change: transactional (a committed transaction is
+/// copied as plain batches) and control.
+const COPY_CHANGES_ATTRIBUTES: i16 = 0x10 | 0x20;
+
+/// What the copy of a batch keeps from the original: attributes (but the bits above),
+/// offsets delta, timestamps, record count and the records.
+pub(super) fn fingerprint(batch: &RecordBatch) -> u64 {
+    let h = batch.header();
+    let mut s = DefaultHasher::new();
+    (h.attributes & !COPY_CHANGES_ATTRIBUTES).hash(&mut s);
+    h.last_offset_delta.hash(&mut s);
+    h.base_timestamp.hash(&mut s);
+    h.max_timestamp.hash(&mut s);
+    h.record_count.hash(&mut s);
+    batch.records_bytes().hash(&mut s);
+    s.finish()
+}
+
+/// Where the new owner starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Start {
+    /// The last DC1 offset DC2 holds (the worker resumes after it).
+    pub resume_after: i64,
+    /// The DC2 offset after the last copied batch, when known.
+    pub dc2_next: Option<i64>,
+    /// Batches DC2 held beyond the committed position and not sent again.
+    pub found: usize,
+}
+
+/// Finds where to continue `tp` from the committed positions (`dc1`: next DC1 offset
+/// to copy; `dc2`: DC2 offset where its copy goes). No DC1 position: from DC1's log
+/// start. No DC2 position: from DC2's log start.
+pub(super) async fn find_start(
+    dc1: &Client,
+    dc2: &Client,
+    tp: &TopicPartition,
+    dc2_topic: &str,
+    committed: Option<i64>,
+    dc2_committed: Option<i64>,
+) -> Result<Start, ClientError> {
+    let from = match committed {
+        Some(c) => c,
+        None => dc1.list_offset(&tp.topic, tp.partition, EARLIEST).await?,
+    };
+    let fresh = Start {
+        resume_after: from - 1,
+        dc2_next: None,
+        found: 0,
+    };
+    let (dc2_start, dc2_end) = match partition_bounds(
+        dc2,
+        dc2_topic,
+        tp.partition,
+        dc2_committed.unwrap_or(0),
+        IsolationLevel::ReadUncommitted,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(ClientError::UnknownTopic { .. }) => return Ok(fresh),
+        Err(e) => return Err(e),
+    };
+    let d = dc2_committed.unwrap_or(dc2_start).clamp(dc2_start, dc2_end);
+    let (copies, reached) =
+        scan_batches(dc2, dc2_topic, tp.partition, d, dc2_end, MAX_READ_BYTES).await?;
+    let start = Start {
+        dc2_next: Some(dc2_end),
+        ..fresh
+    };
+    if copies.is_empty() {
+        return Ok(start);
+    }
+    if reached < dc2_end {
+        tracing::warn!(
+            partition = %tp, dc2_from = d, reached, dc2_end,
+            "DC2 holds more past the committed position than is read to find the start; what is past the read may be copied twice"
+        );
+    }
+    let (prints, ends) = read_dc1(dc1, tp, from, &copies).await?;
+    match find_run(&prints, &copies) {
+        Some(j) => {
+            let last = ends[j + copies.len() - 1];
+            tracing::info!(
+                partition = %tp, committed = from, dc2_from = d, found = copies.len(),
+                skipped_before = j, resume_after = last,
+                "taking over: DC2 already holds batches copied after the committed position; they are not copied again"
+            );
+            Ok(Start {
+                resume_after: last,
+                dc2_next: Some(dc2_end),
+                found: copies.len(),
+            })
+        }
+        None => {
+            tracing::warn!(
+                partition = %tp, committed = from, dc2_from = d, dc2_batches = copies.len(),
+                "taking over: the batches DC2 holds past the committed position are not copies of DC1's from there on; continuing at the committed position (records may be copied twice, none is lost)"
+            );
+            metrics::counter!("kafka_tee_group_unmatched_takeovers_total").increment(1);
+            Ok(start)
+        }
+    }
+}
+
+/// The first `j` where `copies` equal `originals[j..]`, in order.
+pub(super) fn find_run(originals: &[u64], copies: &[u64]) -> Option<usize> {
+    if copies.is_empty() {
+        return Some(0);
+    }
+    originals.windows(copies.len()).position(|w| w == copies)
+}
+
+/// Fingerprints and last offsets of the DC1 batches a copy from `from` on would send,
+/// as catch-up reads them (committed data only), until a run equal to `copies` is
+/// read, DC1's end, or `MAX_READ_BYTES`.
+async fn read_dc1(
+    dc1: &Client,
+    tp: &TopicPartition,
+    from: i64,
+    copies: &[u64],
+) -> Result<(Vec<u64>, Vec<i64>), ClientError> {
+    let end = super::tail::partition_end(
+        dc1,
+        &tp.topic,
+        tp.partition,
+        from,
+        IsolationLevel::ReadCommitted,
+    )
+    .await?;
+    let (mut prints, mut ends) = (Vec::new(), Vec::new());
+    if end <= from {
+        return Ok((prints, ends));
+    }
+    let mut c = CatchUp::new(from, end - 1);
+    let mut bytes = 0usize;
+    let mut since = Instant::now();
+    // Where the next run to compare starts.
+    let mut at = 0;
+    while !c.done() && bytes < MAX_READ_BYTES {
+        let mut skipped = Skipped::default();
+        match c.step(dc1, &tp.topic, tp.partition, &mut skipped).await? {
+            Step::Batches(batches) => {
+                since = Instant::now();
+                for b in batches {
+                    bytes += b.len();
+                    ends.push(
+                        b.base_offset()
+                            .saturating_add(i64::from(b.last_offset_delta())),
+                    );
+                    prints.push(fingerprint(&b));
+                }
+            }
+            Step::Wait if since.elapsed() > DC1_WAIT => break,
+            Step::Wait => tokio::time::sleep(Duration::from_millis(50)).await,
+            Step::Lost { .. } => {}
+        }
+        while at + copies.len() <= prints.len() {
+            if prints[at..at + copies.len()] == *copies {
+                return Ok((prints, ends));
+            }
+            at += 1;
+        }
+    }
+    Ok((prints, ends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_found_where_it_starts() {
+        assert_eq!(find_run(&[1, 2, 3, 4], &[1, 2]), Some(0));
+        assert_eq!(
+            find_run(&[1, 2, 3, 4], &[3, 4]),
+            Some(2),
+            "the DC2 position ahead"
+        );
+        assert_eq!(find_run(&[1, 2, 3], &[2, 4]), None, "not a copy");
+        assert_eq!(find_run(&[1, 2], &[1, 2, 3]), None, "more than DC1 has");
+        assert_eq!(
+            find_run(&[7, 7, 7], &[7, 7]),
+            Some(0),
+            "the earliest run: never skips too much"
+        );
+        assert_eq!(find_run(&[], &[]), Some(0));
+    }
+}
