@@ -389,31 +389,8 @@ def test_producer_straight_to_dc1_alongside_the_proxy(dc1, dc2, proxy, tmp_path)
           f"after the producers stopped")
 
 
-def test_instance_down_its_partitions_copied_when_back(dc1, dc2, proxy, tmp_path):
-    """Two instances share the replication (`replication.instances = 2`). One is killed
-    (SIGKILL) while producers go on through the other, also to partitions the dead one
-    owns; DC1 holds them meanwhile. Restarted on its state directory, the instance
-    copies them: DC2 ends up identical to DC1, every record once."""
-    cfgs = [write_config(tmp_path / f"instance-{i}.toml",
-                         {"replication": {"instances": 2, "instance": i}}) for i in (0, 1)]
-    a = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "s0", config=cfgs[0])
-    b = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "s1", config=cfgs[1],
-              name="kafka-tee-b")
-    topic = new_topic(b, "fault-instance-down")
-    lp = LoadProducer(b.bootstrap, topic, PARTITIONS, RATE).start()
-    lp.wait_acked(RATE * 2, timeout=20)
-    a.proc.signal(signal.SIGKILL)
-    a.proc.wait(timeout=10)
-    produce_for(lp, 3)
-    proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / "s0", config=cfgs[0],
-          port=a.port, name="kafka-tee-restarted")
-    produce_for(lp, 1)
-    acked = lp.stop()
-    assert lp.errors == [], lp.errors[:5]
-    chk, took = teeutil.assert_dc2_identical(dc1.bootstrap, dc2.bootstrap, topic, acked,
-                                             CATCH_UP)
-    print(f"\n[instance down] {chk.acked} acked through the other instance, DC2 "
-          f"{chk.dc2_records} records, each once; complete after {took:.2f}s of reading")
+# One of two instances down, restarted on an empty state directory (a replication
+# group): test_group.py.
 
 
 # ---------------------------------------------------------------------- proxy faults

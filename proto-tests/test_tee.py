@@ -227,39 +227,7 @@ def test_two_proxies_replicating_one_partition_are_reported(dc1, dc2, proxy, tmp
     assert v.returncode != 0, "verify found DC2 identical although it holds records twice"
 
 
-def test_two_instances_share_the_replication(dc1, dc2, proxy, tmp_path):
-    """Two kafka-tee instances in front of one DC1 with `replication.instances = 2`:
-    producers through both write to the same partitions at once, and a second topic is
-    produced through one instance only. Each instance copies the partitions it owns,
-    also what the other carried (found in DC1's metadata and read back from DC1), so
-    DC2 ends up identical to DC1, every record once, and neither instance sees another
-    writer in DC2."""
-    px = []
-    for i in (0, 1):
-        cfg = write_config(tmp_path / f"instance-{i}.toml",
-                           {"replication": {"instances": 2, "instance": i}})
-        px.append(proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=tmp_path / f"s{i}",
-                        config=cfg, admin=True, name=f"kafka-tee-{i}"))
-    a, b = px
-    shared, only_b = unique("tee-ha-shared"), unique("tee-ha-only-b")
-    harness.create_topic(a.bootstrap, shared, partitions=4)
-    harness.create_topic(b.bootstrap, only_b, partitions=4)
-    pa = teeutil.LoadProducer(a.bootstrap, shared, 4, 200, tag="a").start()
-    pb = teeutil.LoadProducer(b.bootstrap, shared, 4, 200, tag="b").start()
-    sent = make_trecords(80, "only-b", partitions=4)
-    ob = expect_acked(sent, teeutil.produce_confluent(b.bootstrap, only_b, sent))
-    pa.wait_acked(600, timeout=30)
-    pb.wait_acked(600, timeout=30)
-    acked = pa.stop() + pb.stop()
-    assert pa.errors == [] and pb.errors == [], (pa.errors + pb.errors)[:5]
-    for topic, recs in ((shared, acked), (only_b, ob)):
-        chk, took = teeutil.assert_dc2_identical(dc1.bootstrap, dc2.bootstrap, topic, recs,
-                                                 DC2_WAIT)
-        print(f"\n[two instances] {topic}: DC1 {chk.dc1_records}, DC2 {chk.dc2_records} "
-              f"records, each once; complete after {took:.2f}s of reading")
-    for p in px:
-        assert teeutil.metric(p, "kafka_tee_dc2_offset_jumps_total") == 0
-        assert teeutil.metric(p, "kafka_tee_not_owned_items_total") > 0
+# Two instances sharing the replication (a replication group): test_group.py.
 
 
 def test_verify_identical_then_names_extra_dc2_record(tee):
