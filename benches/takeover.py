@@ -28,7 +28,7 @@ took partitions over (the internal part: generation formed -> workers running). 
 the producer stopped, DC2 must hold exactly DC1's records (teeutil.assert_dc2_identical,
 which also runs `kafka-tee verify`), or the run fails.
 
-  python3 benches/takeover.py                          # 5 runs, about 4 minutes
+  python3 benches/takeover.py                          # 5 runs, about 2 minutes
   python3 benches/takeover.py --session-timeout-ms 3000
   python3 benches/takeover.py --runs 1                 # smoke test
 
