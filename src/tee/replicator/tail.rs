@@ -8,7 +8,7 @@ use kafka_protocol::ResponseError;
 
 use super::window::{Held, add_seq};
 use crate::client::{Client, ClientError, EARLIEST, FetchedPartition, IsolationLevel};
-use crate::tee::batch::split_batches;
+use crate::tee::batch::{RecordBatch, split_batches};
 
 /// Bytes asked for per Fetch while reading DC2's tail.
 const TAIL_FETCH_BYTES: i32 = 8 * 1024 * 1024;
@@ -135,63 +135,36 @@ async fn scan(
     topic: &str,
     partition: i32,
     (producer_id, epoch): (i64, i16),
-    mut from: i64,
+    from: i64,
     to: i64,
 ) -> Result<Vec<Held>, ClientError> {
     let mut held = Vec::new();
-    while from < to {
-        let f = fetch_at(
-            dc2,
-            topic,
-            partition,
-            from,
-            TAIL_FETCH_BYTES,
-            IsolationLevel::ReadUncommitted,
-        )
-        .await?;
-        let mut moved = false;
-        for b in split_batches(f.records) {
-            let b = b.map_err(|e| ClientError::Protocol {
-                cluster: dc2.config().cluster,
-                broker: -1,
-                message: format!("a batch in DC2's {topic}-{partition} is not valid: {e}"),
-            })?;
-            let h = b.header();
-            let next = h
-                .base_offset
-                .saturating_add(i64::from(h.last_offset_delta) + 1);
-            if next <= from {
-                continue;
-            }
-            moved = true;
-            from = next;
-            if h.producer_id == producer_id && h.producer_epoch == epoch {
-                held.push(Held {
-                    base_seq: h.base_sequence,
-                    last_seq: add_seq(h.base_sequence, h.last_offset_delta),
-                    dc2_offset: h.base_offset,
-                });
-            }
+    walk(dc2, topic, partition, from, to, usize::MAX, |b| {
+        let h = b.header();
+        if h.producer_id == producer_id && h.producer_epoch == epoch {
+            held.push(Held {
+                base_seq: h.base_sequence,
+                last_seq: add_seq(h.base_sequence, h.last_offset_delta),
+                dc2_offset: h.base_offset,
+            });
         }
-        if !moved {
-            break;
-        }
-    }
+    })
+    .await?;
     Ok(held)
 }
 
-/// Fingerprints (see `align::fingerprint`) of the batches in `from..to` of a
-/// partition, in log order, reading at most `max_bytes`; with the offset the read
-/// reached (`to` when it read everything).
-pub(super) async fn scan_batches(
+/// Hands `each` the batches of a partition from `from` on, in log order, until `to`
+/// (a batch starting at or after it is not handed over) or `max_bytes` were read;
+/// returns the offset the read reached.
+async fn walk(
     client: &Client,
     topic: &str,
     partition: i32,
     mut from: i64,
     to: i64,
     max_bytes: usize,
-) -> Result<(Vec<u64>, i64), ClientError> {
-    let mut prints = Vec::new();
+    mut each: impl FnMut(&RecordBatch),
+) -> Result<i64, ClientError> {
     let mut read = 0usize;
     while from < to && read < max_bytes {
         let f = fetch_at(
@@ -217,16 +190,35 @@ pub(super) async fn scan_batches(
                 continue;
             }
             if b.base_offset() >= to {
-                return Ok((prints, to));
+                return Ok(to);
             }
             moved = true;
             from = next;
             read += b.len();
-            prints.push(super::align::fingerprint(&b));
+            each(&b);
         }
         if !moved {
             break;
         }
     }
-    Ok((prints, from.min(to)))
+    Ok(from.min(to))
+}
+
+/// Fingerprints (see `align::fingerprint`) of the batches in `from..to` of a
+/// partition, in log order, reading at most `max_bytes`; with the offset the read
+/// reached (`to` when it read everything).
+pub(super) async fn scan_batches(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    max_bytes: usize,
+) -> Result<(Vec<u64>, i64), ClientError> {
+    let mut prints = Vec::new();
+    let reached = walk(client, topic, partition, from, to, max_bytes, |b| {
+        prints.push(super::align::fingerprint(b))
+    })
+    .await?;
+    Ok((prints, reached))
 }
