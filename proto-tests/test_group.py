@@ -326,12 +326,11 @@ def load(members: list[harness.Proxy], topic: str, n: int = 3,
 # -------------------------------------------------------------------------- tests
 
 
-def test_member_killed_the_others_take_over(dc1, dc2, proxy, tmp_path):
-    """Three members without state directories; one is SIGKILLed mid-load and never
-    restarted. The other two take over its partitions after the session timeout, from
-    the group's committed offsets, without copying what it had already sent to DC2
-    again."""
-    group, topic = unique("tee-group-kill"), unique("group-kill")
+def three_under_load(dc1, dc2, proxy, tmp_path, name: str, seconds: int):
+    """A topic of PARTITIONS partitions, three members of a new group, formed, and a
+    producer per member acked for about `seconds`. Returns (group, topic, members,
+    DC1's partition count, seconds the group took to form, its views, producers)."""
+    group, topic = unique(f"tee-group-{name}"), unique(f"group-{name}")
     harness.create_topic(dc1.bootstrap, topic, partitions=PARTITIONS)
     members = [start_member(proxy, dc1, dc2, tmp_path, group, f"kafka-tee-g{i}")
                for i in range(3)]
@@ -339,7 +338,17 @@ def test_member_killed_the_others_take_over(dc1, dc2, proxy, tmp_path):
     formed, views = wait_stable(members, total)
     producers = load(members, topic)
     for lp in producers:
-        lp.wait_acked(int(RATE / 3 * 3), timeout=60)
+        lp.wait_acked(int(RATE / 3 * seconds), timeout=60)
+    return group, topic, members, total, formed, views, producers
+
+
+def test_member_killed_the_others_take_over(dc1, dc2, proxy, tmp_path):
+    """Three members without state directories; one is SIGKILLed mid-load and never
+    restarted. The other two take over its partitions after the session timeout, from
+    the group's committed offsets, without copying what it had already sent to DC2
+    again."""
+    group, topic, members, total, formed, views, producers = three_under_load(
+        dc1, dc2, proxy, tmp_path, "kill", 3)
     victim, survivors = members[0], members[1:]
     before = generation(views)
     victim.proc.signal(signal.SIGKILL)
@@ -361,15 +370,8 @@ def test_member_added_then_one_leaves_with_sigterm(dc1, dc2, proxy, tmp_path):
     """Three members; a fourth joins mid-load (a rebalance moves partitions to it);
     then one of the first three is stopped with SIGTERM: it leaves the group, exits 0,
     and the others take its partitions over."""
-    group, topic = unique("tee-group-grow"), unique("group-grow")
-    harness.create_topic(dc1.bootstrap, topic, partitions=PARTITIONS)
-    members = [start_member(proxy, dc1, dc2, tmp_path, group, f"kafka-tee-g{i}")
-               for i in range(3)]
-    total = dc1_partition_count(dc1)
-    _, views = wait_stable(members, total)
-    producers = load(members, topic)
-    for lp in producers:
-        lp.wait_acked(int(RATE / 3 * 2), timeout=60)
+    group, topic, members, total, _, views, producers = three_under_load(
+        dc1, dc2, proxy, tmp_path, "grow", 2)
     members.append(start_member(proxy, dc1, dc2, tmp_path, group, "kafka-tee-g3"))
     joined, views = wait_stable(members, total, generation(views) + 1)
     owned_by_new = views["kafka-tee-g3"]["kafka_tee_group_owned_partitions"]
@@ -398,16 +400,9 @@ def test_member_frozen_past_its_session_then_resumed(dc1, dc2, proxy, tmp_path):
     """Three members; one is frozen (SIGSTOP) for twice the session timeout while the
     load goes on, then resumed (SIGCONT). Its membership is in doubt by then, so it
     must not send what the others took over; it rejoins and keeps running."""
-    group, topic = unique("tee-group-stop"), unique("group-stop")
-    harness.create_topic(dc1.bootstrap, topic, partitions=PARTITIONS)
-    members = [start_member(proxy, dc1, dc2, tmp_path, group, f"kafka-tee-g{i}")
-               for i in range(3)]
-    total = dc1_partition_count(dc1)
-    _, views = wait_stable(members, total)
+    group, topic, members, total, _, views, producers = three_under_load(
+        dc1, dc2, proxy, tmp_path, "stop", 2)
     before = generation(views)
-    producers = load(members, topic)
-    for lp in producers:
-        lp.wait_acked(int(RATE / 3 * 2), timeout=60)
     frozen, others = members[2], members[:2]
     frozen.proc.signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
