@@ -404,8 +404,11 @@ def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
             continue
         d = dc1_at.get((r.partition, r.offset))
         if d is None or d.key != r.key:
+            where = [(x.partition, x.offset) for x in dc1 if x.key == r.key]
+            first = min((x.offset for x in dc1_parts.get(r.partition, [])), default=None)
             problems.append(f"acked {r.key!r} at {r.partition}@{r.offset} but DC1 has "
-                            f"{d.key if d else None!r} there")
+                            f"{d.key if d else None!r} there (the key is at {where[:3]}; "
+                            f"the read of DC1 partition {r.partition} starts at {first})")
             break
     dc2_keys = {r.key for r in dc2}
     missing_acked = [r for r in sorted_by_offset(acked) if r.key not in dc2_keys]
@@ -451,6 +454,27 @@ def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
     return ReplicationCheck(len(acked), len(dc1), len(dc2), dups, dc1_dups, len(no_offset))
 
 
+def read_holding(bootstrap: str, topic: str, keys: set, timeout: float = 30,
+                 attempts: int = 3) -> list[TRec]:
+    """Reads the whole topic until it holds every key in `keys`. A read that ends
+    without them all is described (what is missing, where each partition's records
+    start) and repeated with a new consumer, up to `attempts` reads: a reader of the
+    test broker has been seen to miss a partition's first batch under load, which a
+    second read does not. Fails if no read finds them all."""
+    for attempt in range(1, attempts + 1):
+        recs, reached = read_until(bootstrap, topic, lambda r: keys <= set(r.keys),
+                                   timeout, idle=1.0)
+        if reached is not None:
+            return recs
+        got = {r.key for r in recs}
+        starts = {p: (rs[0].offset, len(rs)) for p, rs in sorted(by_partition(recs).items())}
+        print(f"[read {bootstrap} {topic}] read {attempt}/{attempts} ended without "
+              f"{len(keys - got)} of {len(keys)} records, e.g. {sorted(keys - got)[:3]}; "
+              f"per partition (first offset, count): {starts}")
+    raise AssertionError(f"{topic}: {attempts} reads of {bootstrap} never held every "
+                         f"acked record")
+
+
 def assert_dc2_identical(dc1: str, dc2: str, topic: str, acked: Sequence[TRec],
                          timeout: float, acked_offsets: bool = True,
                          ) -> tuple[ReplicationCheck, float | None]:
@@ -459,8 +483,7 @@ def assert_dc2_identical(dc1: str, dc2: str, topic: str, acked: Sequence[TRec],
     (`check_replicated`, no duplicates) and that `verify` finds the two identical.
     `acked_offsets` as for `check_replicated`. Returns the check and the seconds DC2
     took."""
-    keys = {r.key for r in acked}
-    dc1_recs, _ = read_until(dc1, topic, lambda r: keys <= set(r.keys), 30, idle=1.0)
+    dc1_recs = read_holding(dc1, topic, {r.key for r in acked})
     dc1_keys = {r.key for r in dc1_recs}
     dc2_recs, took = read_until(dc2, topic, lambda r: dc1_keys <= set(r.keys), timeout,
                                 idle=1.5)

@@ -51,8 +51,7 @@ def settle(lp: LoadProducer, dc1: harness.Broker, dc2: harness.Broker, topic: st
     acked_keys = {r.key for r in acked}
     with Reader(dc2.bootstrap, topic) as reader:
         caught_up = wait_dc2_has(reader, acked_keys, CATCH_UP)
-    dc1_recs, _ = read_until(dc1.bootstrap, topic, lambda r: acked_keys <= set(r.keys),
-                             30, idle=1.0)
+    dc1_recs = teeutil.read_holding(dc1.bootstrap, topic, acked_keys)
     dc1_keys = {r.key for r in dc1_recs}
     dc2_recs, _ = read_until(dc2.bootstrap, topic, lambda r: dc1_keys <= set(r.keys),
                              CATCH_UP, idle=1.5)
@@ -459,8 +458,7 @@ def test_proxy_killed_partition_without_new_records_still_caught_up(dc1, dc2, pr
     busy_lp.wait_acked(RATE, timeout=30)
     busy_lp.stop()
     assert busy_lp.errors == [], busy_lp.errors[:5]
-    dc1_recs, _ = read_until(dc1.bootstrap, quiet, lambda r: keys <= set(r.keys), 30,
-                             idle=1.0)
+    dc1_recs = teeutil.read_holding(dc1.bootstrap, quiet, keys)
     dc2_recs, _ = read_until(dc2.bootstrap, quiet, lambda r: keys <= set(r.keys), 10,
                              idle=1.0)
     chk = check_replicated(acked, dc1_recs, dc2_recs)
@@ -543,8 +541,7 @@ def test_proxy_killed_before_any_periodic_checkpoint(dc1, dc2, proxy, tmp_path):
     got = {r.key for r in dc2_recs}
     assert took is not None, (f"DC2 misses {len(keys - got)} of {len(keys)} records acked "
                               f"before the crash, e.g. {sorted(keys - got)[:3]}")
-    dc1_recs, _ = read_until(dc1.bootstrap, topic, lambda r: keys <= set(r.keys), 30,
-                             idle=1.0)
+    dc1_recs = teeutil.read_holding(dc1.bootstrap, topic, keys)
     chk = check_replicated(sent.acked, dc1_recs, dc2_recs)
     print(f"\n[sigkill-early] {len(keys)} records acked before any periodic checkpoint in "
           f"DC2 {reading - restarted + took:.2f}s after the restart")

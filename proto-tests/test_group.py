@@ -167,9 +167,7 @@ def takeover_text(views: dict[str, dict[str, float]]) -> str:
 def dc1_end_offsets(dc1: harness.Broker, topic: str, keys: set[bytes]) -> dict[int, int]:
     """Per partition, the offset after DC1's last record (read from DC1 until it holds
     `keys`; no transactions here, so that is the high watermark)."""
-    recs, took = read_until(dc1.bootstrap, topic, lambda r: keys <= set(r.keys), 30,
-                            idle=1.0)
-    assert took is not None, f"DC1 misses records of {topic}"
+    recs = teeutil.read_holding(dc1.bootstrap, topic, keys)
     ends: dict[int, int] = {}
     for r in recs:
         ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)

@@ -242,6 +242,9 @@ pub struct ReplicationConfig {
     /// member first waits for its batches in flight to DC2 to be answered, so it must
     /// exceed `request_timeout_ms`. In milliseconds.
     pub group_rebalance_timeout_ms: u64,
+    /// Consumer group offsets copied to DC2, translated (see README, "Failing
+    /// consumers over to DC2"). Off unless `include` names groups.
+    pub group_offsets: GroupOffsetsConfig,
     /// Replaced by `group`; a configuration that still has them is refused with a
     /// message that says so.
     #[doc(hidden)]
@@ -273,8 +276,32 @@ impl Default for ReplicationConfig {
             group_session_timeout_ms: 10_000,
             group_heartbeat_interval_ms: 1_000,
             group_rebalance_timeout_ms: 60_000,
+            group_offsets: GroupOffsetsConfig::default(),
             instances: None,
             instance: None,
+        }
+    }
+}
+
+/// Which DC1 consumer groups have their committed offsets translated and committed
+/// to the same group in DC2, and how often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupOffsetsConfig {
+    /// Regular expressions; a group is synced when it matches one. Empty: off.
+    pub include: Vec<String>,
+    /// Regular expressions; a matching group is never synced. Wins over include.
+    pub exclude: Vec<String>,
+    /// How often DC1's committed offsets are read and DC2's updated, in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for GroupOffsetsConfig {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            interval_ms: 5_000,
         }
     }
 }
@@ -512,6 +539,12 @@ impl Config {
                 problems.push(format!("replication.{name}: must be at least 1024"));
             }
         }
+        if !(100..=DAY_MS).contains(&r.group_offsets.interval_ms) {
+            problems.push(format!(
+                "replication.group_offsets.interval_ms: {} is outside 100..={DAY_MS}",
+                r.group_offsets.interval_ms
+            ));
+        }
         if r.max_pending_bytes < 1024 {
             problems.push("replication.max_pending_bytes: must be at least 1024".into());
         }
@@ -519,6 +552,14 @@ impl Config {
             ("replication.include", &r.include),
             ("replication.exclude", &r.exclude),
             ("replication.sync_topics", &r.sync_topics),
+            (
+                "replication.group_offsets.include",
+                &r.group_offsets.include,
+            ),
+            (
+                "replication.group_offsets.exclude",
+                &r.group_offsets.exclude,
+            ),
         ] {
             for pat in list {
                 if let Err(e) = regex::Regex::new(pat) {

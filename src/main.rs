@@ -48,6 +48,11 @@ struct RunArgs {
     /// (replication.group): ownership and positions live in DC1's consumer group.
     #[arg(long, value_name = "NAME")]
     replication_group: Option<String>,
+    /// Translate the committed offsets of the DC1 consumer groups matching REGEX
+    /// (repeatable) and commit them to the same groups in DC2
+    /// (replication.group_offsets.include).
+    #[arg(long, value_name = "REGEX")]
+    sync_groups: Vec<String>,
     /// Host name put in broker addresses handed to clients.
     #[arg(long, value_name = "HOST")]
     advertised_host: Option<String>,
@@ -192,6 +197,9 @@ fn load_config(args: &RunArgs) -> Result<Config, kafka_tee::config::ConfigError>
     }
     if let Some(g) = &args.replication_group {
         config.replication.group = Some(g.clone());
+    }
+    if !args.sync_groups.is_empty() {
+        config.replication.group_offsets.include = args.sync_groups.clone();
     }
     if let Some(h) = &args.advertised_host {
         config.proxy.advertised_host = Some(h.clone());

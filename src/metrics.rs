@@ -345,7 +345,7 @@ pub const METRICS: &[MetricDef] = &[
         "kafka_tee_group_commits_total",
         Counter,
         &[],
-        "Position commits (DC2's, then DC1's with the generation).",
+        "Position commits (DC1's with the generation, then DC2's).",
     ),
     def(
         "kafka_tee_group_commit_errors_total",
@@ -358,6 +358,48 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         &[],
         "Takeovers where DC2 held batches past the committed position that are not copies of DC1's: continued at the committed position (records may be copied twice).",
+    ),
+    def(
+        "kafka_tee_consumer_offsets_groups_synced",
+        Gauge,
+        &[],
+        "DC1 consumer groups whose offsets the last round brought up to date in DC2 (`replication.group_offsets`).",
+    ),
+    def(
+        "kafka_tee_consumer_offsets_partitions_synced",
+        Gauge,
+        &[],
+        "Partitions whose DC2 committed offset is the translation of DC1's after the last round.",
+    ),
+    def(
+        "kafka_tee_consumer_offsets_live_groups_skipped",
+        Gauge,
+        &[],
+        "Selected groups left alone in the last round because they have members in DC2.",
+    ),
+    def(
+        "kafka_tee_consumer_offsets_untranslated_partitions",
+        Gauge,
+        &[],
+        "Committed DC1 offsets in the last round older than what the offset map knows (not synced).",
+    ),
+    def(
+        "kafka_tee_consumer_offsets_commits_total",
+        Counter,
+        &[],
+        "Partition offsets committed to DC2 groups (translated from DC1's).",
+    ),
+    def(
+        "kafka_tee_consumer_offsets_sync_errors_total",
+        Counter,
+        &[],
+        "Consumer group offset syncs that failed (a group, or the listing of DC1's groups); tried again next round.",
+    ),
+    def(
+        "kafka_tee_consumer_offsets_last_sync_age_seconds",
+        Gauge,
+        &[],
+        "Seconds since the last round that synced every selected group without an error.",
     ),
     def(
         "kafka_tee_follow_offsets_total",

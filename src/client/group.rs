@@ -1,5 +1,5 @@
 //! Kafka's group membership and offset requests (FindCoordinator, JoinGroup, SyncGroup,
-//! Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups), each turned into a plain result
+//! Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups), each turned into a plain result
 //! with the broker's error codes mapped to [`ClientError`]. The protocol inside the
 //! group (what members announce and what the leader assigns) is the caller's: the
 //! coordinator only passes those bytes along. Callers decide whether to retry.
@@ -10,7 +10,8 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     DescribeGroupsRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest,
-    LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupRequest,
     join_group_request::JoinGroupRequestProtocol,
     leave_group_request::MemberIdentity,
     offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
@@ -89,6 +90,16 @@ pub struct GroupMember {
 
 /// One committed position: (topic, partition, offset, metadata).
 pub type Committed = (String, i32, i64, Option<String>);
+
+/// (topic, partition) pairs as OffsetFetch asks for them: per topic (sorted), its
+/// partitions.
+pub fn by_topic(tps: impl IntoIterator<Item = (String, i32)>) -> Vec<(String, Vec<i32>)> {
+    let mut out: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for (t, p) in tps {
+        out.entry(t).or_default().push(p);
+    }
+    out.into_iter().collect()
+}
 
 impl Client {
     /// The broker id of `group`'s coordinator, known to the client's metadata (it is
@@ -365,6 +376,31 @@ impl Client {
                 })
                 .collect(),
         })
+    }
+
+    /// The groups every broker of the cluster coordinates: (group id, protocol type),
+    /// sorted and without repeats. Each broker lists only its own groups, so all are
+    /// asked; one that cannot answer fails the call (a partial list would make
+    /// groups look gone).
+    pub async fn list_groups(&self) -> Result<Vec<(String, String)>, ClientError> {
+        if self.brokers().is_empty() {
+            self.refresh_metadata(Some(&[])).await?;
+        }
+        let mut out = Vec::new();
+        for broker in self.brokers().into_keys() {
+            let (_, resp) = self
+                .send(broker, &ListGroupsRequest::default(), 0..=4)
+                .await?;
+            check(self.cluster(), resp.error_code, || "list the groups".into())?;
+            out.extend(
+                resp.groups
+                    .into_iter()
+                    .map(|g| (g.group_id.0.to_string(), g.protocol_type.to_string())),
+            );
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// The positions `group` has committed for the partitions asked for; partitions

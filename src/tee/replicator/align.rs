@@ -51,7 +51,7 @@ pub(super) fn fingerprint(batch: &RecordBatch) -> u64 {
 }
 
 /// Where the new owner starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Start {
     /// The last DC1 offset DC2 holds (the worker resumes after it).
     pub resume_after: i64,
@@ -59,6 +59,9 @@ pub(super) struct Start {
     pub dc2_next: Option<i64>,
     /// Batches DC2 held beyond the committed position and not sent again.
     pub found: usize,
+    /// Those batches: (first DC1 offset, last DC1 offset, DC2 base offset), for the
+    /// offset map.
+    pub copied: Vec<(i64, i64, i64)>,
 }
 
 /// Finds where to continue `tp` from the committed positions (`dc1`: next DC1 offset
@@ -80,6 +83,7 @@ pub(super) async fn find_start(
         resume_after: from - 1,
         dc2_next: None,
         found: 0,
+        copied: Vec::new(),
     };
     let (dc2_start, dc2_end) = match partition_bounds(
         dc2,
@@ -95,8 +99,9 @@ pub(super) async fn find_start(
         Err(e) => return Err(e),
     };
     let d = dc2_committed.unwrap_or(dc2_start).clamp(dc2_start, dc2_end);
-    let (copies, reached) =
+    let (seen, reached) =
         scan_batches(dc2, dc2_topic, tp.partition, d, dc2_end, MAX_READ_BYTES).await?;
+    let copies: Vec<u64> = seen.iter().map(|s| s.0).collect();
     let start = Start {
         dc2_next: Some(dc2_end),
         ..fresh
@@ -110,10 +115,17 @@ pub(super) async fn find_start(
             "DC2 holds more past the committed position than is read to find the start; what is past the read may be copied twice"
         );
     }
-    let (prints, ends) = read_dc1(dc1, tp, from, &copies).await?;
+    let (prints, spans) = read_dc1(dc1, tp, from, &copies).await?;
     match find_run(&prints, &copies).or_else(|| find_overlap(&prints, &copies)) {
         Some((j, n)) => {
-            let last = ends[j + n - 1];
+            let last = spans[j + n - 1].1;
+            // The run is the last `n` of DC2's batches, copies of DC1's `j..j + n`.
+            let copied = (0..n)
+                .map(|k| {
+                    let (first, last) = spans[j + k];
+                    (first, last, seen[seen.len() - n + k].1)
+                })
+                .collect();
             tracing::info!(
                 partition = %tp, committed = from, dc2_from = d, found = n,
                 skipped_before = j, resume_after = last,
@@ -123,6 +135,7 @@ pub(super) async fn find_start(
                 resume_after: last,
                 dc2_next: Some(dc2_end),
                 found: n,
+                copied,
             })
         }
         None => {
@@ -158,7 +171,7 @@ pub(super) fn find_overlap(originals: &[u64], copies: &[u64]) -> Option<(usize, 
         .map(|tail| (0, tail.len()))
 }
 
-/// Fingerprints and last offsets of the DC1 batches a copy from `from` on would send,
+/// Fingerprints and (first, last) offsets of the DC1 batches a copy from `from` on would send,
 /// as catch-up reads them (committed data only), until a run equal to `copies` is
 /// read, DC1's end, or `MAX_READ_BYTES`.
 async fn read_dc1(
@@ -166,7 +179,7 @@ async fn read_dc1(
     tp: &TopicPartition,
     from: i64,
     copies: &[u64],
-) -> Result<(Vec<u64>, Vec<i64>), ClientError> {
+) -> Result<(Vec<u64>, Vec<(i64, i64)>), ClientError> {
     let end = super::tail::partition_end(
         dc1,
         &tp.topic,
@@ -191,10 +204,11 @@ async fn read_dc1(
                 since = Instant::now();
                 for b in batches {
                     bytes += b.len();
-                    ends.push(
-                        b.base_offset()
-                            .saturating_add(i64::from(b.last_offset_delta())),
-                    );
+                    let first = b.base_offset();
+                    ends.push((
+                        first,
+                        first.saturating_add(i64::from(b.last_offset_delta())),
+                    ));
                     prints.push(fingerprint(&b));
                 }
             }

@@ -39,6 +39,10 @@ pub struct PartitionCheckpoint {
     pub producer_epoch: i16,
     /// Sequence of the next batch sent to DC2.
     pub next_sequence: i32,
+    /// Where this partition's DC1 offsets went in DC2 (`OffsetMap::encode`), for
+    /// consumer offset translation; absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub offset_map: String,
 }
 
 /// Why a checkpoint could not be read or written.
@@ -152,6 +156,7 @@ mod tests {
                     producer_id: 42,
                     producer_epoch: 3,
                     next_sequence: 1000,
+                    offset_map: "om1:0.99.5".into(),
                 },
                 PartitionCheckpoint {
                     topic: "a.topic-with-dashes".into(),
@@ -160,6 +165,7 @@ mod tests {
                     producer_id: 41,
                     producer_epoch: 0,
                     next_sequence: 0,
+                    offset_map: String::new(),
                 },
             ],
         );

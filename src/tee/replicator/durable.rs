@@ -30,6 +30,10 @@ use crate::tee::TopicPartition;
 /// DC1 producers.
 const START_WAIT: Duration = Duration::from_secs(5);
 
+/// The most text one partition's offset map takes in the checkpoint file (the newest
+/// runs are kept; a partition without transactions needs a few bytes).
+const CHECKPOINT_MAP_BYTES: usize = 64 * 1024;
+
 /// What the last checkpoint on disk says about one partition.
 #[derive(Debug, Clone, Copy)]
 struct OnDisk {
@@ -171,6 +175,11 @@ impl Shared {
                 producer_id: e.producer_id,
                 producer_epoch: e.producer_epoch,
                 next_sequence: e.next_sequence,
+                offset_map: self
+                    .offsets
+                    .get(e.key())
+                    .map(|m| m.encode(CHECKPOINT_MAP_BYTES))
+                    .unwrap_or_default(),
             });
         }
         for (tp, floor) in floors {
@@ -183,6 +192,7 @@ impl Shared {
                 producer_id,
                 producer_epoch,
                 next_sequence: 0,
+                offset_map: String::new(),
             });
             said.push((
                 tp,
@@ -337,6 +347,7 @@ mod tests {
             producer_id: 1,
             producer_epoch: 0,
             next_sequence: 3,
+            offset_map: String::new(),
         }]);
         assert!(d.covers(&tp(2), 10), "resumed after offset 9");
         d.register(&[(tp(0), 5)]);

@@ -20,6 +20,7 @@ pub mod assign;
 mod catchup;
 pub mod checkpoint;
 mod durable;
+pub mod group_offsets;
 pub mod membership;
 pub mod offset_map;
 pub mod owners;
@@ -282,6 +283,8 @@ pub struct Replicator {
     tier_stop: CancellationToken,
     checkpoint_task: Option<JoinHandle<()>>,
     gauges_task: Option<JoinHandle<()>>,
+    /// Consumer group offsets to DC2 (`replication.group_offsets`), when on.
+    group_offsets_task: Option<JoinHandle<()>>,
     checkpoint_stop: CancellationToken,
 }
 
@@ -347,6 +350,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         state_dir: config.state.dir.clone(),
     };
     let progress = DashMap::new();
+    let offsets = DashMap::new();
     let identity = IdentityCell::default();
     let mut loaded_partitions = Vec::new();
     if let Some(dir) = &settings.state_dir {
@@ -363,11 +367,22 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
                 });
             }
             for p in &cp.partitions {
+                let tp = TopicPartition {
+                    topic: Arc::from(p.topic.as_str()),
+                    partition: p.partition,
+                };
+                if !p.offset_map.is_empty() {
+                    match offset_map::OffsetMap::decode(&p.offset_map) {
+                        Ok(m) => {
+                            offsets.insert(tp.clone(), m);
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition = %tp, error = %e, "offset map in the checkpoint not used: consumer offsets before this start are not translated");
+                        }
+                    }
+                }
                 progress.insert(
-                    TopicPartition {
-                        topic: Arc::from(p.topic.as_str()),
-                        partition: p.partition,
-                    },
+                    tp,
                     Progress {
                         offset: p.offset,
                         producer_id: p.producer_id,
@@ -394,7 +409,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         gates: topics::TopicGates::default(),
         identity,
         progress,
-        offsets: DashMap::new(),
+        offsets,
         progress_version: AtomicU64::new(0),
         in_flight_bytes: std::sync::atomic::AtomicUsize::new(0),
         durable: durable::Durability::new(&loaded_partitions),
@@ -461,6 +476,13 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         handle.clone(),
         checkpoint_stop.clone(),
     )));
+    let group_offsets_task = group_offsets::Selection::new(&r.group_offsets)?.map(|sel| {
+        tokio::spawn(group_offsets::run(
+            handle.clone(),
+            sel,
+            checkpoint_stop.clone(),
+        ))
+    });
     tracing::info!(
         dc2 = ?config.target.bootstrap, dc2_tls = config.target.tls.enabled,
         dc1_tls = config.source.tls.enabled, prefix = %shared.settings.topic_prefix,
@@ -472,6 +494,7 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         tier_stop,
         checkpoint_task,
         gauges_task,
+        group_offsets_task,
         checkpoint_stop,
     })
 }
@@ -607,6 +630,10 @@ impl Replicator {
         }
         if let Some(t) = self.gauges_task.take() {
             let _ = t.await;
+        }
+        // A round in the middle of a request is not waited for: the next start syncs.
+        if let Some(t) = self.group_offsets_task.take() {
+            t.abort();
         }
         if let Err(e) = self.write_checkpoint().await {
             tracing::error!(error = %e, "cannot write the final replicator checkpoint");

@@ -204,8 +204,8 @@ async fn walk(
     Ok(from.min(to))
 }
 
-/// Fingerprints (see `align::fingerprint`) of the batches in `from..to` of a
-/// partition, in log order, reading at most `max_bytes`; with the offset the read
+/// Fingerprints (see `align::fingerprint`) and base offsets of the batches in
+/// `from..to` of a partition, in log order, reading at most `max_bytes`; with the offset the read
 /// reached (`to` when it read everything).
 pub(super) async fn scan_batches(
     client: &Client,
@@ -214,11 +214,11 @@ pub(super) async fn scan_batches(
     from: i64,
     to: i64,
     max_bytes: usize,
-) -> Result<(Vec<u64>, i64), ClientError> {
-    let mut prints = Vec::new();
+) -> Result<(Vec<(u64, i64)>, i64), ClientError> {
+    let mut seen = Vec::new();
     let reached = walk(client, topic, partition, from, to, max_bytes, |b| {
-        prints.push(super::align::fingerprint(b))
+        seen.push((super::align::fingerprint(b), b.base_offset()))
     })
     .await?;
-    Ok((prints, reached))
+    Ok((seen, reached))
 }

@@ -17,7 +17,7 @@
 //!   generation continues from memory; one new to this instance starts where the
 //!   committed positions and DC2's tail say (`align`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -27,9 +27,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::membership::{self, Assignment, GroupSettings, Hooks, Lease};
+use super::offset_map::OffsetMap;
 use super::{Progress, ReplicatorHandle, Shared, align};
+use crate::client::group::by_topic;
 use crate::client::{Client, ClientError};
 use crate::tee::TopicPartition;
+
+/// The most text of a partition's offset map committed with its position: Apache
+/// Kafka refuses metadata over `offset.metadata.max.bytes` (4096 by default).
+const COMMITTED_MAP_BYTES: usize = 3000;
 
 /// How often DC1's metadata is read for the partitions the group shares.
 const DISCOVER_EVERY: Duration = Duration::from_secs(5);
@@ -258,6 +264,7 @@ async fn take(h: &ReplicatorHandle, a: &Assignment) {
     };
     let mut starts: Vec<(TopicPartition, Option<align::Start>)> =
         kept.into_iter().map(|tp| (tp, None)).collect();
+    let mut committed_maps: HashMap<TopicPartition, String> = HashMap::new();
     if !new.is_empty() {
         let mut backoff = sh.dc1.backoff();
         let found = loop {
@@ -273,10 +280,12 @@ async fn take(h: &ReplicatorHandle, a: &Assignment) {
             }
         };
         match found {
-            Ok(pos) => {
+            Ok(mut pos) => {
                 let mut set = tokio::task::JoinSet::new();
                 for tp in new {
-                    let (c, d) = pos.get(&tp).copied().unwrap_or((None, None));
+                    let p = pos.remove(&tp).unwrap_or_default();
+                    let (c, d) = (p.dc1, p.dc2);
+                    committed_maps.insert(tp.clone(), p.map);
                     let sh = sh.clone();
                     set.spawn(async move {
                         let dc2_topic = sh.dc2_topic(&tp.topic);
@@ -314,6 +323,8 @@ async fn take(h: &ReplicatorHandle, a: &Assignment) {
     let moved = starts.iter().filter(|(_, s)| s.is_some()).count();
     for (tp, start) in starts {
         if let Some(s) = start {
+            let committed_map = committed_maps.remove(&tp).unwrap_or_default();
+            take_offset_map(sh, &tp, &committed_map, &s.copied);
             let old = sh.progress.get(&tp).map(|p| *p);
             // The sequence this instance's producer id has reached on the partition
             // is kept: DC2 expects it to continue there.
@@ -390,24 +401,40 @@ async fn release(h: &ReplicatorHandle, a: &Assignment) {
     tracing::info!(group = %tier.group, generation = a.generation, "partitions released");
 }
 
-/// The committed positions of `tps`: (next DC1 offset, DC2 offset of its copy).
+/// The offset map of a partition this instance takes over (see
+/// `OffsetMap::taken_over`).
+fn take_offset_map(sh: &Shared, tp: &TopicPartition, committed: &str, found: &[(i64, i64, i64)]) {
+    let local = sh.offsets.remove(tp).map(|(_, m)| m).unwrap_or_default();
+    let (map, problem) = OffsetMap::taken_over(local, committed, found);
+    if let Some(e) = problem {
+        tracing::warn!(partition = %tp, error = %e, "the offset map committed with the position is not used: consumer offsets before this takeover may not be translated");
+    }
+    tracing::debug!(partition = %tp, runs = map.runs().count(), committed_bytes = committed.len(), "offset map taken over");
+    sh.offsets.insert(tp.clone(), map);
+}
+
+/// A partition's committed position.
+#[derive(Debug, Default)]
+struct Position {
+    /// The next DC1 offset to copy.
+    dc1: Option<i64>,
+    /// The DC2 offset where its copy goes.
+    dc2: Option<i64>,
+    /// The offset map committed with the DC1 position (empty when none).
+    map: String,
+}
+
+/// The committed positions of `tps`.
 async fn positions(
     sh: &Shared,
     group: &str,
     tps: &[TopicPartition],
-) -> Result<HashMap<TopicPartition, (Option<i64>, Option<i64>)>, ClientError> {
-    let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    for tp in tps {
-        by_topic
-            .entry(tp.topic.to_string())
-            .or_default()
-            .push(tp.partition);
-    }
-    let dc1_ask: Vec<(String, Vec<i32>)> = by_topic.clone().into_iter().collect();
-    let dc2_ask: Vec<(String, Vec<i32>)> = by_topic
-        .into_iter()
-        .map(|(t, ps)| (sh.dc2_topic(&t).to_string(), ps))
-        .collect();
+) -> Result<HashMap<TopicPartition, Position>, ClientError> {
+    let dc1_ask = by_topic(tps.iter().map(|tp| (tp.topic.to_string(), tp.partition)));
+    let dc2_ask = by_topic(
+        tps.iter()
+            .map(|tp| (sh.dc2_topic(&tp.topic).to_string(), tp.partition)),
+    );
     let coord = sh.dc1.find_group_coordinator(group).await?;
     let dc1 = sh.dc1.fetch_offsets(coord, group, &dc1_ask).await?;
     // DC2's group may not exist yet, or DC2 may not have the topics: no DC2 positions.
@@ -425,18 +452,24 @@ async fn positions(
             Vec::new()
         }
     };
-    let mut out: HashMap<TopicPartition, (Option<i64>, Option<i64>)> = HashMap::new();
+    let mut out = HashMap::new();
     for tp in tps {
         let c = dc1
             .iter()
-            .find(|(t, p, _, _)| t.as_str() == &*tp.topic && *p == tp.partition)
-            .map(|x| x.2);
+            .find(|(t, p, _, _)| t.as_str() == &*tp.topic && *p == tp.partition);
         let dc2_topic = sh.dc2_topic(&tp.topic);
         let d = dc2
             .iter()
             .find(|(t, p, _, _)| t.as_str() == &*dc2_topic && *p == tp.partition)
             .map(|x| x.2);
-        out.insert(tp.clone(), (c, d));
+        out.insert(
+            tp.clone(),
+            Position {
+                dc1: c.map(|x| x.2),
+                dc2: d,
+                map: c.and_then(|x| x.3.clone()).unwrap_or_default(),
+            },
+        );
     }
     Ok(out)
 }
@@ -465,7 +498,14 @@ async fn commit(sh: &Shared, a: &Assignment) -> Result<(), ClientError> {
     }
     let dc1_positions: Vec<_> = changed
         .iter()
-        .map(|(tp, (c, _))| (tp.topic.to_string(), tp.partition, *c, None))
+        .map(|(tp, (c, _))| {
+            let map = sh
+                .offsets
+                .get(tp)
+                .map(|m| m.encode(COMMITTED_MAP_BYTES))
+                .filter(|m| !m.is_empty());
+            (tp.topic.to_string(), tp.partition, *c, map)
+        })
         .collect();
     let c1 = sh.dc1.find_group_coordinator(&tier.group).await?;
     sh.dc1
