@@ -217,11 +217,33 @@ def test_group_continues_in_dc2_where_it_left_off(dc1, dc2, proxy, tmp_path):
     `kafka-tee offsets` shows the translation."""
     topic, group = unique("offs-basic"), unique("app-basic")
     harness.create_topic(dc1.bootstrap, topic, partitions=3)
-    px = start_tee(proxy, dc1, dc2, tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    px = start_tee(proxy, dc1, dc2, tmp_path, state_dir=state)
     dc1_recs, dc2_recs = replicate(dc1, dc2, topic, make_trecords(10_000, "b", 3), px)
-    fail_over(px, dc1, dc2, topic, group, dc1_recs, dc2_recs, 6_000, what="basic")
+    consumed = consume_and_commit(dc1.bootstrap, topic, group, 6_000)
+    want = expected_dc2_commits(dc1_recs, dc2_recs, consumed)
+    wait_synced(px, dc2, group, topic, want)
+    # What a person checks before moving the group: the same numbers, and exit 0.
+    out = run_offsets_cli(dc1, dc2, group, "--state-dir", str(state))
+    print("\n" + out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "is in sync" in out.stdout
+    rows = {int(line.split()[1]): line.split() for line in out.stdout.splitlines()
+            if line.startswith(topic)}
+    dc1_next = {p: max(r.offset for r in consumed if r.partition == p) + 1 for p in want}
+    for p, o in want.items():
+        assert rows[p][2:5] == [str(dc1_next[p]), str(o), str(o)], rows[p]
+        assert rows[p][5] == "0", f"DC2 trails DC1 on partition {p}: {rows[p]}"
+    rest = consume_rest(dc2.bootstrap, topic, group, 4_000)
+    assert_exactly_the_rest({r.key for r in dc1_recs}, consumed, rest, "basic")
+    print(f"[basic] 6000 processed in DC1, DC2 commits {want}, the DC2 member read "
+          f"{len(rest)} records: exactly the rest, none twice")
     assert metric(px, "kafka_tee_consumer_offsets_commits_total") >= 1
     assert metric(px, "kafka_tee_consumer_offsets_sync_errors_total") == 0
+    # A group that committed nothing: the tool says so and exits 1.
+    out = run_offsets_cli(dc1, dc2, unique("app-none"), "--state-dir", str(state))
+    assert out.returncode == 1 and "no committed offsets" in out.stdout, out.stdout
 
 
 def test_offsets_translate_where_dc2_starts_later(dc1, dc2, proxy, tmp_path):

@@ -709,6 +709,8 @@ mod tests {
         cfg.proxy.idle_timeout_ms = u64::MAX;
         cfg.replication.group = Some(" ".into());
         cfg.replication.group_heartbeat_interval_ms = 5_000;
+        cfg.replication.group_offsets.include = vec!["[".into()];
+        cfg.replication.group_offsets.interval_ms = 0;
         let err = cfg.validate().unwrap_err().to_string();
         for needle in [
             "proxy.listen",
@@ -720,6 +722,8 @@ mod tests {
             "proxy.idle_timeout_ms: 18446744073709551615 is more than a day",
             "replication.group: \" \" must be 1 to 249 characters",
             "replication.group_heartbeat_interval_ms: 5000 must be above 0",
+            "replication.group_offsets.include: bad pattern \"[\"",
+            "replication.group_offsets.interval_ms: 0 is outside 100..=86400000",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

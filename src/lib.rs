@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod net;
+pub mod offsets;
 pub mod protocol;
 pub mod proxy;
 pub mod server;

@@ -77,6 +77,10 @@ struct RunArgs {
 enum Command {
     /// Compare DC1 and DC2 record by record and print what differs.
     Verify(kafka_tee::verify::VerifyArgs),
+    /// Show a consumer group's committed offsets in DC1, their DC2 translation and
+    /// DC2's committed offsets, per partition (exit 0 when DC2 holds the exact
+    /// translation of every one, 1 otherwise).
+    Offsets(kafka_tee::offsets::OffsetsArgs),
     /// Validate a configuration file and report every problem.
     CheckConfig {
         /// The file to check.
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Verify(args)) => block_on(kafka_tee::verify::run(args), 0),
+        Some(Command::Offsets(args)) => block_on(kafka_tee::offsets::run(args), 0),
         Some(Command::Status {
             admin,
             timeout,

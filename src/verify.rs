@@ -117,25 +117,38 @@ impl Report {
     }
 }
 
-pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut config = match &args.config {
+/// The configuration a command-line tool works with: `config` (if given) with the
+/// `source` / `target` addresses put over it, and client settings for DC1 and DC2
+/// (TLS, SASL as configured). `what` names the command in the error.
+pub fn clusters(
+    config: Option<&std::path::Path>,
+    source: &[String],
+    target: &[String],
+    what: &str,
+) -> anyhow::Result<(crate::config::Config, ClientConfig, ClientConfig)> {
+    let mut config = match config {
         Some(path) => crate::config::Config::from_file(path)?,
         None => crate::config::Config::default(),
     };
-    if !args.source.is_empty() {
-        config.source.bootstrap = args.source.clone();
+    if !source.is_empty() {
+        config.source.bootstrap = source.to_vec();
     }
-    if !args.target.is_empty() {
-        config.target.bootstrap = args.target.clone();
+    if !target.is_empty() {
+        config.target.bootstrap = target.to_vec();
     }
     anyhow::ensure!(
         !config.source.bootstrap.is_empty() && !config.target.bootstrap.is_empty(),
-        "verify needs DC1 and DC2 addresses (--source/--target or [source]/[target] in --config)"
+        "{what} needs DC1 and DC2 addresses (--source/--target or [source]/[target] in --config)"
     );
     let dc1 =
         ClientConfig::new(Cluster::Dc1, config.source.bootstrap.clone()).secured(&config.source)?;
     let dc2 =
         ClientConfig::new(Cluster::Dc2, config.target.bootstrap.clone()).secured(&config.target)?;
+    Ok((config, dc1, dc2))
+}
+
+pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let (_, dc1, dc2) = clusters(args.config.as_deref(), &args.source, &args.target, "verify")?;
     let report = compare_with(dc1, dc2, &args.topic, &args.topic_prefix).await?;
     for p in &report.problems {
         println!("{p}");

@@ -274,6 +274,23 @@ impl Shared {
     }
 }
 
+/// The end (high watermark) of a partition, as the replicator reads it: from a
+/// Fetch, which Tansu answers right where ListOffsets "latest" may not.
+pub async fn partition_end(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, crate::client::ClientError> {
+    tail::partition_end(
+        client,
+        topic,
+        partition,
+        0,
+        crate::client::IsolationLevel::ReadUncommitted,
+    )
+    .await
+}
+
 /// The running replicator. Dropping it without [`Replicator::shutdown`] stops
 /// everything at once (nothing is flushed).
 pub struct Replicator {

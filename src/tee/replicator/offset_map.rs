@@ -29,7 +29,8 @@ pub struct Run {
 pub enum Translated {
     /// The DC2 offset of the same next record (exact).
     Exact(i64),
-    /// The offset is past what DC2 holds yet: DC2's end as far as copied.
+    /// DC1 holds records before the offset that are not in DC2 yet: DC2's end as far
+    /// as copied (a consumer there would read those records again once they arrive).
     NotYetCopied(i64),
     /// Older than the oldest run kept (or nothing copied yet).
     Unknown,
@@ -80,8 +81,13 @@ impl OffsetMap {
         if committed < first.dc1_first {
             return Translated::Unknown;
         }
+        let dc2_end = last.dc1_last + last.shift + 1;
+        if committed == last.dc1_last + 1 {
+            // Everything before it is copied: the next record copied goes there.
+            return Translated::Exact(dc2_end);
+        }
         if committed > last.dc1_last {
-            return Translated::NotYetCopied(last.dc1_last + last.shift + 1);
+            return Translated::NotYetCopied(dc2_end);
         }
         // The first run that ends at or after `committed`.
         let i = self.runs.partition_point(|r| r.dc1_last < committed);
@@ -255,7 +261,12 @@ mod tests {
         assert_eq!(m.runs().count(), 1);
         assert_eq!(m.translate(500), Translated::Exact(0));
         assert_eq!(m.translate(515), Translated::Exact(15));
-        assert_eq!(m.translate(520), Translated::NotYetCopied(20));
+        assert_eq!(
+            m.translate(520),
+            Translated::Exact(20),
+            "all copied: DC2's end"
+        );
+        assert_eq!(m.translate(521), Translated::NotYetCopied(20));
         assert_eq!(m.translate(499), Translated::Unknown);
     }
 
@@ -276,7 +287,8 @@ mod tests {
         // An aborted transaction 21..=30 and its marker 31: none of it in DC2.
         m.copied(32, 32, 20);
         assert_eq!(m.translate(25), Translated::Exact(20));
-        assert_eq!(m.translate(33), Translated::NotYetCopied(21));
+        assert_eq!(m.translate(33), Translated::Exact(21));
+        assert_eq!(m.translate(34), Translated::NotYetCopied(21));
     }
 
     fn transactional(n: i64) -> OffsetMap {
