@@ -18,16 +18,17 @@ limit is named and shown to be the broker's, not the proxy's:
 - TANSU_JOIN_GROUP_V1: Tansu answers JoinGroup v1 without a member id with
   MEMBER_ID_REQUIRED (KIP-394 allows that answer only from v4); Sarama 1.22 sends v1,
   so its consumer group cannot join. Its records are read by partition instead.
-- TANSU_INIT_PRODUCER_ID_V0: Tansu answers InitProducerId v0-v2 with
-  UNKNOWN_SERVER_ERROR (only v3+ works); KafkaJS sends v1, Sarama v0.
+- TANSU_INIT_PRODUCER_ID_V0: Tansu answers InitProducerId v0 and v1 with
+  UNKNOWN_SERVER_ERROR (librdkafka and kafka-python ask with v3+, which works); KafkaJS
+  sends v1, Sarama v0.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,8 @@ MEMBER_ID_REQUIRED = 79
 
 TANSU_JOIN_GROUP_V1 = ("Tansu quirk TANSU_JOIN_GROUP_V1: JoinGroup v1 is answered with "
                        "MEMBER_ID_REQUIRED (KIP-394 allows it only from v4)")
-TANSU_INIT_PRODUCER_ID_V0 = ("Tansu quirk TANSU_INIT_PRODUCER_ID_V0: InitProducerId v0-v2 "
-                             "is answered with UNKNOWN_SERVER_ERROR (only v3+ works)")
+TANSU_INIT_PRODUCER_ID_V0 = ("Tansu quirk TANSU_INIT_PRODUCER_ID_V0: InitProducerId v0 and "
+                             "v1 are answered with UNKNOWN_SERVER_ERROR (v3+ works)")
 
 
 def _missing(what: str) -> None:
