@@ -25,7 +25,17 @@ pub fn proxy_max_version(key: ApiKey) -> Option<i16> {
     }
 }
 
-/// The lowest version the proxy can decode for a key it inspects.
+/// The lowest version the proxy advertises for a key it inspects: the lowest it can
+/// decode, except for Produce.
 pub fn proxy_min_version(key: ApiKey) -> i16 {
-    key.valid_versions().min
+    match key {
+        // librdkafka before 2.10 (Debian's kcat 1.7.1 has 2.0.2) sends gzip, snappy and
+        // lz4 batches uncompressed when the range starts above v2; Apache Kafka 4.0
+        // advertises Produce from v0 for that reason (KAFKA-18659). Clients pick the
+        // highest version both sides have, so v0-v2 requests come only from clients
+        // that know no record batches: forwarded with the tee off, refused with it on
+        // (the tee reads record batches only).
+        ApiKey::Produce => 0,
+        _ => key.valid_versions().min,
+    }
 }
