@@ -21,10 +21,13 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use tokio_util::sync::CancellationToken;
 
+use super::align::fingerprint;
+use super::catchup::{CatchUp, Skipped, Step};
 use super::offset_map::Translated;
+use super::tail::{partition_bounds, scan_batches};
 use super::{ReplicatorHandle, Shared};
-use crate::client::ClientError;
 use crate::client::group::{Committed, by_topic};
+use crate::client::{ClientError, IsolationLevel};
 use crate::tee::TopicPartition;
 
 /// Which groups are synced, and how often.
@@ -76,11 +79,19 @@ pub struct Round {
     pub failed: usize,
 }
 
-/// What a round remembers for the next: per (group, partition), the DC1 offset seen.
+/// What a round remembers for the next: per (group, partition), the DC1 offset seen;
+/// per (partition, DC1 offset), what a search of DC2 found for an offset older than
+/// the offset map (see `find_older`).
 #[derive(Debug, Default)]
 struct Memory {
     dc1_seen: HashMap<(String, TopicPartition), i64>,
+    older: HashMap<(TopicPartition, i64), Option<i64>>,
 }
+
+/// Entries of `Memory::older` kept (the oldest go first past it).
+const MAX_OLDER: usize = 4096;
+/// The most of DC2 read to find the copy of a batch older than the offset map.
+const MAX_SEARCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// Syncs every `interval` until `stop`.
 pub(super) async fn run(h: ReplicatorHandle, sel: Selection, stop: CancellationToken) {
@@ -248,13 +259,48 @@ async fn sync_group(
             .dc1_seen
             .get(&key)
             .is_some_and(|&prev| dc1_offset < prev);
-        let translated = sh
-            .offsets
-            .get(&tp)
-            .map_or(Translated::Unknown, |m| m.translate(dc1_offset));
+        let (mut translated, first) =
+            sh.offsets
+                .get(&tp)
+                .map_or((Translated::Unknown, None), |m| {
+                    let first = m
+                        .runs()
+                        .next()
+                        .map(|r| (r.dc1_first, r.dc1_first + r.shift));
+                    (m.translate(dc1_offset), first)
+                });
+        // Before anything is copied, where the partition resumed is known exactly.
+        let first = first.or_else(|| {
+            sh.progress
+                .get(&tp)
+                .and_then(|p| p.dc2_next.map(|d| (p.offset + 1, d)))
+        });
+        if let (Translated::Unknown, Some(first)) = (translated, first)
+            && dc1_offset == first.0
+        {
+            translated = Translated::Exact(first.1);
+        } else if let (Translated::Unknown, Some(first)) = (translated, first)
+            && dc1_offset < first.0
+        {
+            let key = (tp.clone(), dc1_offset);
+            let found = match memory.older.get(&key) {
+                Some(f) => *f,
+                None => {
+                    let f = find_older(sh, &tp, dc1_offset, first).await?;
+                    if memory.older.len() >= MAX_OLDER {
+                        memory.older.clear();
+                    }
+                    memory.older.insert(key, f);
+                    f
+                }
+            };
+            if let Some(o) = found {
+                translated = Translated::Exact(o);
+            }
+        }
         if translated == Translated::Unknown {
             round.untranslated += 1;
-            tracing::debug!(group, partition = %tp, dc1_offset, "committed offset older than the offset map; not synced");
+            tracing::debug!(group, partition = %tp, dc1_offset, "committed offset older than the offset map and its batch not found in DC2; not synced");
             continue;
         }
         match decide(translated, dc2, reset) {
@@ -285,6 +331,89 @@ async fn sync_group(
     round.groups += 1;
     round.partitions += in_sync + commits.len();
     Ok(())
+}
+
+/// The DC2 offset of the record a consumer with committed DC1 offset `committed`
+/// reads next, where `committed` is older than `dc1_first`, the first DC1 offset the
+/// offset map knows (at DC2 offset `dc2_first`): the map was kept only from a restart
+/// or a takeover on (a broker that keeps no commit metadata, an empty disk), or its
+/// oldest runs were dropped.
+///
+/// Batches are copied whole, in DC1 order, so the batch that holds the record (the
+/// first batch a copy would send from `committed` on: committed data, no markers) is
+/// in DC2 before `dc2_first`, byte for byte but for its producer fields.
+/// DC2 is searched back from there, in growing windows, for a batch with its
+/// fingerprint (`align::fingerprint`). One match: the record's DC2 offset. None, or
+/// more than one in the window where one is found: None (not translated, never
+/// guessed).
+async fn find_older(
+    sh: &Shared,
+    tp: &TopicPartition,
+    committed: i64,
+    (dc1_first, dc2_first): (i64, i64),
+) -> Result<Option<i64>, ClientError> {
+    // The DC1 batch: read from `committed` until a batch to copy turns up.
+    let mut c = CatchUp::new(committed, dc1_first - 1);
+    let mut wanted = None;
+    let mut waits = 0;
+    while !c.done() && wanted.is_none() {
+        let mut skipped = Skipped::default();
+        match c
+            .step(&sh.dc1, &tp.topic, tp.partition, &mut skipped)
+            .await?
+        {
+            Step::Batches(batches) => wanted = batches.into_iter().next(),
+            Step::Wait if waits < 20 => {
+                waits += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Step::Wait => return Ok(None),
+            Step::Lost { .. } => return Ok(None),
+        }
+    }
+    let Some(batch) = wanted else {
+        // Nothing to copy between `committed` and the first run: the next record a
+        // consumer reads is the run's first.
+        return Ok(Some(dc2_first));
+    };
+    let print = fingerprint(&batch);
+    let into = (committed - batch.base_offset()).max(0);
+    let dc2_topic = sh.dc2_topic(&tp.topic);
+    let (log_start, _) = partition_bounds(
+        &sh.dc2,
+        &dc2_topic,
+        tp.partition,
+        dc2_first,
+        IsolationLevel::ReadUncommitted,
+    )
+    .await?;
+    // DC2 has about as many offsets before the run as DC1 has from the batch on.
+    let mut span = (dc1_first - batch.base_offset()).max(1) + 64;
+    loop {
+        let from = dc2_first.saturating_sub(span).max(log_start);
+        let (seen, _) = scan_batches(
+            &sh.dc2,
+            &dc2_topic,
+            tp.partition,
+            from,
+            dc2_first,
+            MAX_SEARCH_BYTES,
+        )
+        .await?;
+        let matches: Vec<i64> = seen
+            .iter()
+            .filter(|(p, _)| *p == print)
+            .map(|(_, base)| *base)
+            .collect();
+        match matches.as_slice() {
+            [base] => return Ok(Some(base + into)),
+            [] if from > log_start => span = span.saturating_mul(4),
+            _ => {
+                tracing::debug!(partition = %tp, committed, matches = matches.len(), "the batch of an offset older than the offset map is not found once in DC2");
+                return Ok(None);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
