@@ -26,5 +26,6 @@ pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod status;
+pub mod sync;
 pub mod tee;
 pub mod verify;

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::sample;
 use crate::proxy::Router;
+use crate::sync::lock;
 use crate::tee::Budget;
 use crate::tee::capture::Capture;
 
@@ -546,10 +547,6 @@ fn non_negative(v: f64) -> u64 {
 
 fn counter(text: &str, name: &str) -> u64 {
     sample(text, name, &[]).map_or(0, non_negative)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Formats a duration in seconds as "3d 4h", "5m 2s", "12.3s".

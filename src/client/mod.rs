@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::sync::{lock, read, write};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName,
@@ -774,17 +775,8 @@ impl Client {
     }
 }
 
-// The locks above guard plain maps and are never held across an await; a poisoned lock
-// only means another thread panicked mid-update of a cache, which is still usable.
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
-}
+// The locks above guard plain maps and are never held across an await (see
+// `crate::sync` for why a poisoned one is used as is).
 
 #[cfg(test)]
 mod tests {

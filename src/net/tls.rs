@@ -126,22 +126,18 @@ impl ServerTls {
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
+        crate::sync::read(&self.current).0.clone()
     }
 
     /// Reloads the files if any changed. A broken new file keeps the old certificate
     /// in service and is reported.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let stamp = self.files.mtimes();
-        if self.current.read().unwrap_or_else(|p| p.into_inner()).1 == stamp {
+        if crate::sync::read(&self.current).1 == stamp {
             return Ok(false);
         }
         let built = self.files.build();
-        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut cur = crate::sync::write(&self.current);
         // Remember the stamp either way, so a bad file is reported once, not every tick.
         cur.1 = stamp;
         cur.0 = TlsAcceptor::from(built?);

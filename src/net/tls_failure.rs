@@ -220,7 +220,7 @@ impl LogLimit {
     /// `Some(n)`: log this failure, saying that `n` like it were not logged before it.
     /// `None`: leave it out of the log.
     pub fn admit(&self, cause: Cause, now: Instant) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.last);
         let (at, skipped) = last.get_mut(cause as usize)?;
         match at {
             Some(t) if now.saturating_duration_since(*t) < LOG_EVERY => {

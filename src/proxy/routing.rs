@@ -231,7 +231,7 @@ impl Router {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RouteTable> {
         // The table stays consistent even if a holder panicked: every update is one insert.
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.routes)
     }
 }
 

@@ -24,6 +24,7 @@ use dashmap::DashMap;
 use kafka_protocol::messages::ProduceResponse;
 
 use crate::protocol::produce::ProduceRequestView;
+use crate::sync::lock;
 use crate::tee::{Budget, Pending, TopicPartition};
 
 /// Where released items go (the replicator, or a test's collector).
@@ -435,10 +436,6 @@ impl Drop for Ticket {
             self.capture.finish(entry, None);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

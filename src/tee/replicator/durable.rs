@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::checkpoint::{Checkpoint, PartitionCheckpoint};
+use crate::sync::lock;
 use crate::tee::TopicPartition;
 
 /// How long a producer's answer waits for its partition's floor to reach the disk.
@@ -131,10 +132,6 @@ impl Durability {
         }
         self.finished.send_modify(|n| *n = (*n).max(number));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {

@@ -87,11 +87,11 @@ struct IdentityCell {
 
 impl IdentityCell {
     fn peek(&self) -> Option<Identity> {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner())
+        *crate::sync::lock(&self.current)
     }
 
     fn set(&self, id: Identity) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+        *crate::sync::lock(&self.current) = Some(id);
     }
 
     /// The identity in force, obtained from DC2 if there is none yet.
@@ -239,7 +239,7 @@ impl Shared {
 
     /// The sender of a DC2 broker, started on first use.
     fn sender(&self, broker: i32) -> mpsc::Sender<sender::Unit> {
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut senders = crate::sync::lock(&self.senders);
         if let Some(tx) = senders.get(&broker)
             && !tx.is_closed()
         {
@@ -259,10 +259,7 @@ impl Shared {
             self.tier.as_ref().map(|t| t.lease.clone()),
             self.hard_stop.clone(),
         ));
-        self.sender_tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        crate::sync::lock(&self.sender_tasks).push(task);
         senders.insert(broker, tx.clone());
         tx
     }
@@ -599,8 +596,7 @@ impl Replicator {
         sh.draining.cancel();
         // Dropping the senders lets each worker finish its queue and stop.
         sh.workers.clear();
-        let tasks: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *sh.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *crate::sync::lock(&sh.tasks));
         let mut waiting = tasks;
         let all_done = tokio::time::timeout_at(deadline.into(), async {
             for t in waiting.iter_mut() {
@@ -629,9 +625,9 @@ impl Replicator {
                 abort.abort();
             }
         }
-        sh.senders.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        crate::sync::lock(&sh.senders).clear();
         let senders: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *sh.sender_tasks.lock().unwrap_or_else(|e| e.into_inner()));
+            std::mem::take(&mut *crate::sync::lock(&sh.sender_tasks));
         for t in senders {
             let abort = t.abort_handle();
             if tokio::time::timeout(Duration::from_secs(2), t)
@@ -750,7 +746,7 @@ impl ReplicatorHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let w = worker::Worker::new(self.shared.clone(), tp, rx, CancellationToken::new());
         let task = self.shared.runtime.spawn(w.run());
-        let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = crate::sync::lock(&self.shared.tasks);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
         tx
@@ -779,7 +775,7 @@ impl ReplicatorHandle {
             .states
             .iter()
             .map(|e| {
-                let s = e.value().lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let s = crate::sync::lock(e.value()).clone();
                 PartitionReplication {
                     tp: e.key().clone(),
                     replicated_offset: s.replicated_offset,

@@ -31,6 +31,7 @@ use super::offset_map::OffsetMap;
 use super::{Progress, ReplicatorHandle, Shared, align};
 use crate::client::group::by_topic;
 use crate::client::{Client, ClientError};
+use crate::sync::{lock, read, write};
 use crate::tee::TopicPartition;
 
 /// The most text of a partition's offset map committed with its position: Apache
@@ -77,10 +78,6 @@ pub struct GroupView {
     pub last_takeover: Option<Duration>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Tier {
     pub(super) fn new(group: String) -> Self {
         Self {
@@ -99,12 +96,7 @@ impl Tier {
 
     /// Whether this instance replicates `tp` now.
     pub(super) fn owns(&self, tp: &TopicPartition) -> bool {
-        self.lease.valid()
-            && self
-                .owned
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(tp)
+        self.lease.valid() && read(&self.owned).contains(tp)
     }
 
     pub(super) fn owner(&self, tp: &TopicPartition) -> Option<String> {
@@ -124,7 +116,7 @@ impl Tier {
                 .map(|a| a.member_id.clone())
                 .unwrap_or_default(),
             leader: cur.as_ref().is_some_and(|a| a.leader),
-            owned_partitions: self.owned.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
+            owned_partitions: read(&self.owned).len() as u64,
             rebalances_total: self.rebalances.load(Ordering::Relaxed),
             last_takeover: *lock(&self.last_takeover),
         }
@@ -342,17 +334,14 @@ async fn take(h: &ReplicatorHandle, a: &Assignment) {
                 },
             );
         }
-        tier.owned
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tp.clone());
+        write(&tier.owned).insert(tp.clone());
         let revoke = CancellationToken::new();
         let (tx, task) = h.spawn_owned_worker(tp.clone(), revoke.clone());
         sh.workers.insert(tp.clone(), tx);
         lock(&tier.running).insert(tp.clone(), Running { revoke, task });
         lock(&tier.tenure).insert(tp, a.generation);
     }
-    let owned = tier.owned.read().unwrap_or_else(|e| e.into_inner()).len();
+    let owned = read(&tier.owned).len();
     metrics::gauge!("kafka_tee_group_owned_partitions").set(owned as f64);
     if moved > 0 {
         let took = began.elapsed();
@@ -373,10 +362,7 @@ async fn release(h: &ReplicatorHandle, a: &Assignment) {
     let Some(tier) = sh.tier.as_ref() else {
         return;
     };
-    tier.owned
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    write(&tier.owned).clear();
     metrics::gauge!("kafka_tee_group_owned_partitions").set(0.0);
     let running: Vec<(TopicPartition, Running)> = lock(&tier.running).drain().collect();
     for (tp, r) in &running {

@@ -233,9 +233,7 @@ pub struct TopicGates {
 
 impl TopicGates {
     pub fn gate(&self, topic: &Arc<str>) -> Arc<TopicGate> {
-        self.gates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.gates)
             .entry(topic.clone())
             .or_default()
             .clone()

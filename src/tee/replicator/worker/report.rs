@@ -44,7 +44,7 @@ impl Worker {
         self.prune_arrivals();
         let lag_bytes = self.arrivals.iter().map(|a| a.bytes).sum::<u64>();
         let oldest = self.arrivals.front().map(|a| a.at);
-        let mut s = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::sync::lock(&self.snapshot);
         s.lag_bytes = lag_bytes;
         s.oldest_pending_since = oldest;
         s.replicated_offset = self.acked;
