@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
 //! `/status.json` and a small HTML status page at `/`; plus the background probe that
-//! keeps readiness current and the small HTTP client `kafka-tee status` uses.
+//! keeps readiness current (this file); the page (`page.rs`) and the small HTTP
+//! client `kafka-tee status` uses (`client.rs`).
 //!
 //! The endpoint is for operators and scrapers, not for load: HTTP/1.1 only, GET and
 //! HEAD only, a few dozen connections at most, and every connection is bounded in time.
@@ -19,13 +20,18 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::status::{Status, StatusReport, human_bytes, human_duration};
+use crate::status::Status;
+
+mod client;
+mod page;
+
+pub use client::{AdminClientError, HttpResponse, fetch_status, http_get};
+pub use page::status_page;
 
 /// Admin connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 32;
@@ -265,317 +271,12 @@ fn reply(
     r
 }
 
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The human-readable page at `/`, refreshed by the browser every 5 seconds.
-pub fn status_page(r: &StatusReport) -> String {
-    use std::fmt::Write;
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>kafka-tee</title><style>\
-         body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin:.5em 0 1.2em}}\
-         td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}td.n{{text-align:right}}\
-         .ok{{color:#070}}.bad{{color:#b00;font-weight:bold}}</style></head><body>\n"
-    );
-    let _ = writeln!(h, "<h1>kafka-tee {}</h1>", esc(&r.version));
-    let readiness = if r.ready {
-        "<span class=\"ok\">ready</span>".to_string()
-    } else {
-        format!(
-            "<span class=\"bad\">not ready: {}</span>",
-            esc(&r.ready_reason)
-        )
-    };
-    let _ = writeln!(
-        h,
-        "<p>Up {} &middot; {readiness}</p>",
-        esc(&human_duration(r.uptime_seconds))
-    );
-
-    let _ = writeln!(
-        h,
-        "<h2>Listeners</h2><table><tr><th>what</th><th>address</th><th>forwards to</th></tr>"
-    );
-    let _ = writeln!(
-        h,
-        "<tr><td>bootstrap</td><td>{}</td><td>{}</td></tr>",
-        esc(&r.listeners.bootstrap),
-        esc(&r.source.join(", "))
-    );
-    if let Some(a) = &r.listeners.admin {
-        let _ = writeln!(h, "<tr><td>admin</td><td>{}</td><td>-</td></tr>", esc(a));
-    }
-    for b in &r.listeners.brokers {
-        let _ = writeln!(
-            h,
-            "<tr><td>broker {}</td><td>port {}</td><td>{}</td></tr>",
-            b.broker_id,
-            b.proxy_port,
-            esc(&b.upstream)
-        );
-    }
-    let _ = writeln!(h, "</table>");
-
-    let c = &r.connections;
-    let _ = writeln!(
-        h,
-        "<h2>Connections</h2><p>{} open, {} accepted, {} refused at the limit; {} requests forwarded.</p>",
-        c.open, c.accepted_total, c.refused_total, r.requests_total
-    );
-
-    let rep = &r.replication;
-    let _ = writeln!(h, "<h2>Replication</h2>");
-    if !rep.enabled {
-        let _ = writeln!(h, "<p>Off (no target cluster configured).</p>");
-    } else {
-        let lost = if rep.data_lost_records_total > 0 {
-            format!("<span class=\"bad\">{}</span>", rep.data_lost_records_total)
-        } else {
-            "0".into()
-        };
-        let _ = writeln!(
-            h,
-            "<p>To {}: {} records acked by DC1, {} replicated ({}){}; pending {} of {}; \
-             {} batches held for ordering; {} catch-up batches; {} DC2 errors; lost records: {lost}.</p>",
-            esc(&r.target.join(", ")),
-            rep.acked_records_total,
-            rep.replicated_records_total,
-            esc(&human_bytes(rep.replicated_bytes_total)),
-            rep.records_per_second
-                .map(|v| format!(", {v:.1} records/s"))
-                .unwrap_or_default(),
-            esc(&human_bytes(rep.pending_bytes)),
-            esc(&human_bytes(rep.pending_bytes_limit)),
-            rep.held_batches,
-            rep.catchup_batches_total,
-            rep.dc2_errors_total,
-        );
-        if rep.partitions.is_empty() {
-            let _ = writeln!(h, "<p>No per-partition state yet.</p>");
-        } else {
-            let _ = writeln!(
-                h,
-                "<table><tr><th>topic</th><th>partition</th><th>in DC2 up to offset</th>\
-                 <th>lag records</th><th>lag bytes</th><th>oldest pending</th><th>throughput</th>\
-                 <th>state</th></tr>"
-            );
-            let dash = || "-".to_string();
-            for p in &rep.partitions {
-                let _ = writeln!(
-                    h,
-                    "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-                     <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
-                    esc(&p.topic),
-                    p.partition.map_or_else(|| "*".into(), |n| n.to_string()),
-                    p.replicated_offset.map_or_else(dash, |o| o.to_string()),
-                    p.lag_records.map_or_else(dash, |n| n.to_string()),
-                    esc(&p.lag_bytes.map_or_else(dash, human_bytes)),
-                    esc(&p.oldest_pending_seconds.map_or_else(dash, human_duration)),
-                    p.records_per_second
-                        .map_or_else(dash, |v| format!("{v:.1}/s")),
-                    esc(&p.state)
-                );
-            }
-            let _ = writeln!(h, "</table>");
-            if rep.partitions.iter().any(|p| p.partition.is_none()) {
-                let _ = writeln!(
-                    h,
-                    "<p>Partition * is a whole topic: its lag is known per topic only.</p>"
-                );
-            }
-        }
-    }
-    let _ = writeln!(
-        h,
-        "<p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/status.json\">/status.json</a> \
-         &middot; <a href=\"/healthz\">/healthz</a> &middot; <a href=\"/readyz\">/readyz</a></p>\n</body></html>"
-    );
-    h
-}
-
-/// Why `kafka-tee status` could not get an answer.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminClientError {
-    #[error("cannot reach the admin endpoint at {addr}: {message}")]
-    Unreachable { addr: String, message: String },
-    #[error("admin endpoint at {addr} gave no complete answer within {timeout:?}")]
-    Timeout { addr: String, timeout: Duration },
-    #[error("admin endpoint at {addr} answered {status} for {path}: {body}")]
-    Status {
-        addr: String,
-        path: String,
-        status: u16,
-        body: String,
-    },
-    #[error("admin endpoint at {addr} sent a malformed answer: {message}")]
-    Malformed { addr: String, message: String },
-}
-
-/// An HTTP response as the small client reads it.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Largest admin response the client reads.
-const MAX_RESPONSE: usize = 64 * 1024 * 1024;
-
-/// A one-shot `GET path` to `addr` (`HOST:PORT`), the whole exchange within `timeout`.
-pub async fn http_get(
-    addr: &str,
-    path: &str,
-    timeout: Duration,
-) -> Result<HttpResponse, AdminClientError> {
-    let unreachable = |message: String| AdminClientError::Unreachable {
-        addr: addr.to_owned(),
-        message,
-    };
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let mut raw = Vec::new();
-        (&mut stream)
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        if raw.len() > MAX_RESPONSE {
-            return Err(AdminClientError::Malformed {
-                addr: addr.to_owned(),
-                message: format!("response larger than {MAX_RESPONSE} bytes"),
-            });
-        }
-        parse_response(&raw).map_err(|message| AdminClientError::Malformed {
-            addr: addr.to_owned(),
-            message,
-        })
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(AdminClientError::Timeout {
-            addr: addr.to_owned(),
-            timeout,
-        }),
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("empty response")?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-    });
-    if chunked {
-        body = dechunk(&body)?;
-    } else if let Some(len) = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-    {
-        if body.len() < len {
-            return Err(format!("body has {} of {len} bytes", body.len()));
-        }
-        body.truncate(len);
-    }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_text = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = data.get(..size).ok_or("truncated chunk")?;
-        out.extend_from_slice(chunk);
-        data = data.get(size + 2..).ok_or("truncated chunk end")?;
-    }
-}
-
-/// Fetches and decodes `/status.json` from an admin endpoint.
-pub async fn fetch_status(addr: &str, timeout: Duration) -> Result<StatusReport, AdminClientError> {
-    let r = http_get(addr, "/status.json", timeout).await?;
-    if r.status != 200 {
-        return Err(AdminClientError::Status {
-            addr: addr.to_owned(),
-            path: "/status.json".into(),
-            status: r.status,
-            body: String::from_utf8_lossy(&r.body).chars().take(200).collect(),
-        });
-    }
-    serde_json::from_slice(&r.body).map_err(|e| AdminClientError::Malformed {
-        addr: addr.to_owned(),
-        message: format!("status.json: {e}"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
     use crate::proxy::Router;
+    use crate::status::StatusReport;
     use http_body_util::BodyExt;
     use std::collections::BTreeMap;
 
@@ -677,17 +378,6 @@ mod tests {
         assert!(page.contains("not ready"), "{page}");
     }
 
-    #[test]
-    fn page_escapes_names() {
-        let r = StatusReport {
-            source: vec!["<script>".into()],
-            ..Default::default()
-        };
-        let page = status_page(&r);
-        assert!(!page.contains("<script>"));
-        assert!(page.contains("&lt;script&gt;"));
-    }
-
     #[tokio::test]
     async fn served_over_tcp_and_probe_marks_ready() {
         // A listener standing in for DC1, so the probe succeeds.
@@ -718,30 +408,5 @@ mod tests {
         admin.stop().await;
         let err = http_get(&addr, "/healthz", t).await.expect_err("stopped");
         assert!(matches!(err, AdminClientError::Unreachable { .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn client_reports_unreachable_endpoint() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let err = fetch_status(&format!("127.0.0.1:{port}"), Duration::from_secs(2))
-            .await
-            .expect_err("nothing listens");
-        assert!(err.to_string().contains("cannot reach"), "{err}");
-    }
-
-    #[test]
-    fn parses_chunked_and_sized_responses() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").expect("ok");
-        assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
-        let r = parse_response(
-            b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .expect("chunked");
-        assert_eq!((r.status, r.body.as_slice()), (503, b"abcde".as_slice()));
-        assert!(parse_response(b"garbage").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
     }
 }
