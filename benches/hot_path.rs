@@ -25,10 +25,10 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use kafka_tee::protocol::batch::RecordBatch;
 use kafka_tee::protocol::peek_request_header;
 use kafka_tee::protocol::produce::parse_produce_request;
 use kafka_tee::proxy::rewrite::{AddressMap, rewrite_response};
-use kafka_tee::tee::batch::RecordBatch;
 use kafka_tee::tee::capture::{Capture, Sink};
 use kafka_tee::tee::{Budget, Pending, TopicPartition};
 

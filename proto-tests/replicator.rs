@@ -24,7 +24,7 @@ use kafka_protocol::records::{
 };
 use kafka_tee::client::{Client, ClientConfig, Cluster, IsolationLevel};
 use kafka_tee::config::Config;
-use kafka_tee::tee::batch::{HEADER_LEN, RecordBatch, split_batches};
+use kafka_tee::protocol::batch::{HEADER_LEN, RecordBatch, split_batches};
 use kafka_tee::tee::replicator;
 use kafka_tee::tee::{Budget, Pending, TopicPartition};
 

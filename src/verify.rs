@@ -17,7 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::client::{Client, ClientConfig, ClientError, Cluster, EARLIEST, IsolationLevel};
-use crate::tee::batch::{Committed, TxnFilter, split_batches};
+use crate::protocol::batch::{Committed, TxnFilter, split_batches};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {

@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Client, ClientError, check};
-use crate::tee::batch::{CONTROL_COMMIT, split_batches};
+use crate::protocol::batch::{CONTROL_COMMIT, split_batches};
 
 /// Fetch isolation: read_committed stops at the last stable offset and reports the
 /// aborted transactions in the returned range.

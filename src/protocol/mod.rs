@@ -1,5 +1,6 @@
 //! Kafka wire framing and the little of each frame the proxy must look at.
 
+pub mod batch;
 pub mod frame;
 pub mod header;
 pub mod produce;

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use kafka_protocol::messages::ProduceResponse;
 
+use crate::protocol::batch::{self, Peek};
 use crate::protocol::produce::ProduceRequestView;
 use crate::sync::lock;
 use crate::tee::{Budget, Pending, TopicPartition};
@@ -71,35 +72,6 @@ pub struct Waits {
     pub starts: Vec<(TopicPartition, i64)>,
 }
 
-/// Offsets of the batch header fields the capture reads.
-const LAST_OFFSET_DELTA: usize = 23;
-const ATTRIBUTES: usize = 21;
-const PRODUCER_ID: usize = 43;
-const TRANSACTIONAL_BIT: i16 = 0x10;
-
-/// What the capture needs from a record batch header, read without trusting it.
-#[derive(Debug, Clone, Copy)]
-struct BatchFacts {
-    last_offset_delta: i64,
-    transactional: bool,
-    producer_id: i64,
-}
-
-fn batch_facts(records: &[u8]) -> Option<BatchFacts> {
-    let read = |at: usize, n: usize| records.get(at..at + n);
-    let delta = i32::from_be_bytes(read(LAST_OFFSET_DELTA, 4)?.try_into().ok()?);
-    let attrs = i16::from_be_bytes(read(ATTRIBUTES, 2)?.try_into().ok()?);
-    let pid = i64::from_be_bytes(read(PRODUCER_ID, 8)?.try_into().ok()?);
-    if records.get(16) != Some(&2) || delta < 0 {
-        return None;
-    }
-    Some(BatchFacts {
-        last_offset_delta: i64::from(delta),
-        transactional: attrs & TRANSACTIONAL_BIT != 0,
-        producer_id: pid,
-    })
-}
-
 struct Held {
     /// `next_request` of the partition when the response arrived.
     barrier: u64,
@@ -121,7 +93,7 @@ struct PartitionOrder {
 struct TicketEntry {
     tp: TopicPartition,
     request: u64,
-    facts: Option<BatchFacts>,
+    facts: Option<Peek>,
     /// The batch bytes, when the budget had room for them.
     records: Option<Bytes>,
     reserved: usize,
@@ -206,7 +178,7 @@ impl Capture {
                     topic: name.clone(),
                     partition: *partition,
                 };
-                let facts = records.as_deref().and_then(batch_facts);
+                let facts = records.as_deref().and_then(batch::peek);
                 let len = records.as_ref().map_or(0, |r| r.len());
                 let (records, reserved) = match records {
                     Some(r) if self.budget.try_reserve(len) => (Some(r.clone()), len),
@@ -279,7 +251,7 @@ impl Capture {
                             continue;
                         }
                         let to = match &h.item {
-                            Pending::Batch { records, .. } => batch_facts(records)
+                            Pending::Batch { records, .. } => batch::peek(records)
                                 .map_or(base, |f| base + f.last_offset_delta),
                             Pending::Gap { to, .. } => *to,
                         };
@@ -462,7 +434,8 @@ mod tests {
     fn batch(delta: i32, pid: i64, txn: bool, extra: usize) -> Bytes {
         let mut b = vec![0u8; 61 + extra];
         b[16] = 2;
-        b[21..23].copy_from_slice(&(if txn { TRANSACTIONAL_BIT } else { 0 }).to_be_bytes());
+        b[21..23]
+            .copy_from_slice(&(if txn { batch::attr::TRANSACTIONAL } else { 0 }).to_be_bytes());
         b[23..27].copy_from_slice(&delta.to_be_bytes());
         b[43..51].copy_from_slice(&pid.to_be_bytes());
         Bytes::from(b)

@@ -5,9 +5,9 @@
 //!   and orders them per partition (also holding transactional batches until commit).
 //! - `replicator` owns DC2: per-partition queues, the DC2 producer identity, pipelined
 //!   Produce, checkpoints and catch-up from DC1.
-//! - `batch` patches a record batch header (producer id, epoch, sequence) and its CRC.
+//! - `crate::protocol::batch` (the record batch format) patches a batch header
+//!   (producer id, epoch, sequence) and its CRC.
 
-pub mod batch;
 pub mod capture;
 pub mod replicator;
 

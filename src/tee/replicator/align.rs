@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use super::catchup::{CatchUp, Skipped, Step};
 use super::tail::{partition_bounds, scan_batches};
 use crate::client::{Client, ClientError, EARLIEST, IsolationLevel};
+use crate::protocol::batch::RecordBatch;
 use crate::tee::TopicPartition;
-use crate::tee::batch::RecordBatch;
 
 /// At most this many bytes of either partition are read to find the start.
 const MAX_READ_BYTES: usize = 256 * 1024 * 1024;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::ResponseError;
 
 use crate::client::{Client, ClientError, EARLIEST, IsolationLevel};
-use crate::tee::batch::{Committed, RecordBatch, TxnFilter, split_batches};
+use crate::protocol::batch::{Committed, RecordBatch, TxnFilter, split_batches};
 
 const START_MAX_BYTES: i32 = 1024 * 1024;
 const LIMIT_MAX_BYTES: i32 = 64 * 1024 * 1024;

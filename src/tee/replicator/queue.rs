@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 
+use crate::protocol::batch::RecordBatch;
 use crate::tee::Pending;
-use crate::tee::batch::RecordBatch;
 
 /// DC1 offsets `first..=last` covered by an item.
 pub(super) fn item_range(item: &Pending) -> (i64, i64) {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::membership::Lease;
 
 use crate::client::{Client, ClientError};
-use crate::tee::batch::PatchedBatch;
+use crate::protocol::batch::PatchedBatch;
 
 /// Largest Produce request built from several batches (a single larger batch still
 /// goes alone).
@@ -284,7 +284,7 @@ fn encode_request(
 type Unencodable = (Vec<Unit>, String);
 
 /// Room per batch in the fields buffer: its 61-byte header and a few fields.
-const HEADER_SPACE: usize = crate::tee::batch::HEADER_LEN + 16;
+const HEADER_SPACE: usize = crate::protocol::batch::HEADER_LEN + 16;
 
 fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
@@ -356,8 +356,8 @@ mod tests {
                 topic: Arc::from(topic),
                 partition,
                 batch: PatchedBatch {
-                    header: [7u8; crate::tee::batch::HEADER_LEN],
-                    records: Bytes::from(vec![0u8; len - crate::tee::batch::HEADER_LEN]),
+                    header: [7u8; crate::protocol::batch::HEADER_LEN],
+                    records: Bytes::from(vec![0u8; len - crate::protocol::batch::HEADER_LEN]),
                 },
                 reply: tx,
             },
@@ -430,7 +430,7 @@ mod tests {
                     topic: Arc::from(t),
                     partition: p,
                     batch: PatchedBatch {
-                        header: [fill; crate::tee::batch::HEADER_LEN],
+                        header: [fill; crate::protocol::batch::HEADER_LEN],
                         records: Bytes::from(vec![fill ^ 0xff; 100 + p as usize]),
                     },
                     reply: tx,

@@ -8,7 +8,7 @@ use kafka_protocol::ResponseError;
 
 use super::window::{Held, add_seq};
 use crate::client::{Client, ClientError, EARLIEST, FetchedPartition, IsolationLevel};
-use crate::tee::batch::{RecordBatch, split_batches};
+use crate::protocol::batch::{RecordBatch, split_batches};
 
 /// Bytes asked for per Fetch while reading DC2's tail.
 const TAIL_FETCH_BYTES: i32 = 8 * 1024 * 1024;

@@ -42,7 +42,7 @@ use super::topics::{TopicGate, TopicStatus};
 use super::window::{Action, Window};
 use super::{Identity, Shared, Snapshot};
 use crate::client::{Backoff, is_metadata_error};
-use crate::tee::batch::RecordBatch;
+use crate::protocol::batch::RecordBatch;
 use crate::tee::{Pending, TopicPartition};
 
 /// How often the same kind of trouble is logged per partition at warn level.

@@ -11,8 +11,8 @@ use super::super::queue::item_range;
 use super::super::tail::partition_end;
 use super::{FOLLOW_MAX, Next, Ready, Worker};
 use crate::client::IsolationLevel;
+use crate::protocol::batch::RecordBatch;
 use crate::tee::Pending;
-use crate::tee::batch::RecordBatch;
 
 impl Worker {
     /// Queues the offsets DC1 acknowledged after the checkpoint (up to its high

@@ -97,6 +97,33 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(a)
 }
 
+/// What a consumer of acknowledged batches reads from the header of the first batch
+/// in a records field, without validating the rest (the capture decides with it
+/// whether and how to hand a batch over; the replicator validates it whole later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    pub last_offset_delta: i64,
+    pub transactional: bool,
+    pub producer_id: i64,
+}
+
+/// The header facts of the first batch in `records`; None unless a whole magic v2
+/// header with a non-negative offset delta is there.
+pub fn peek(records: &[u8]) -> Option<Peek> {
+    if records.len() < HEADER_LEN || records[MAGIC] != 2 {
+        return None;
+    }
+    let delta = be_i32(records, LAST_OFFSET_DELTA);
+    if delta < 0 {
+        return None;
+    }
+    Some(Peek {
+        last_offset_delta: i64::from(delta),
+        transactional: be_i16(records, ATTRIBUTES) & attr::TRANSACTIONAL != 0,
+        producer_id: be_i64(records, PRODUCER_ID),
+    })
+}
+
 /// The length of the first batch in `b` as its header declares it, prefix included;
 /// `None` when fewer than 12 bytes are present.
 fn declared_len(b: &[u8]) -> Option<Result<usize, BatchError>> {
