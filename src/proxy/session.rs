@@ -75,6 +75,9 @@ impl Conn {
 pub enum SessionError {
     #[error("client: {0}")]
     Client(String),
+    /// The client's socket failed (reset, broken pipe, ...): routine or not by its kind.
+    #[error("client: {0}")]
+    ClientIo(#[source] std::io::Error),
     #[error("client frame: {0}")]
     ClientFrame(FrameError),
     #[error("DC1 broker {addr}: {message}")]
@@ -98,7 +101,7 @@ impl SessionError {
                 source: FrameError::Closed,
                 ..
             } => true,
-            SessionError::Client(m) => m.contains("connection reset") || m.contains("Broken pipe"),
+            SessionError::ClientIo(e) => io_routine(e),
             _ => false,
         }
     }
@@ -483,7 +486,7 @@ where
                 metrics::histogram!("kafka_tee_request_duration_seconds", "api" => api_name(key))
                     .record(started.elapsed().as_secs_f64());
                 if let Some(e) = gone {
-                    client_gone = Some(SessionError::Client(e.to_string()));
+                    client_gone = Some(SessionError::ClientIo(e));
                 }
                 continue;
             }
@@ -512,16 +515,13 @@ where
         };
         // A client that went away still has its in-flight answers read (for the tee).
         if let Err(e) = written {
-            client_gone = Some(SessionError::Client(e.to_string()));
+            client_gone = Some(SessionError::ClientIo(e));
         }
     }
     if let Some(e) = client_gone {
         return Err(e);
     }
-    client
-        .flush()
-        .await
-        .map_err(|e| SessionError::Client(e.to_string()))
+    client.flush().await.map_err(SessionError::ClientIo)
 }
 
 /// Applies the rewrites and the tee's bookkeeping to one response frame.
@@ -642,5 +642,29 @@ fn api_key_name(k: ApiKey) -> &'static str {
         ApiKey::SaslHandshake => "SaslHandshake",
         ApiKey::SaslAuthenticate => "SaslAuthenticate",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn routine_closes_are_told_by_their_kind() {
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+            ErrorKind::UnexpectedEof,
+        ] {
+            assert!(
+                SessionError::ClientIo(Error::new(kind, "x")).is_routine(),
+                "{kind:?}"
+            );
+        }
+        assert!(!SessionError::ClientIo(Error::new(ErrorKind::PermissionDenied, "x")).is_routine());
+        // A message that merely mentions a reset is not one.
+        assert!(!SessionError::Client("connection reset by the rules".into()).is_routine());
+        assert!(SessionError::ClientFrame(FrameError::Closed).is_routine());
     }
 }
