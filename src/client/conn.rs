@@ -53,7 +53,7 @@ struct Outgoing {
 }
 
 /// A request written to the socket, waiting for its response.
-struct InFlight {
+struct AwaitingResponse {
     correlation_id: i32,
     api: ApiKey,
     reply: oneshot::Sender<Result<Bytes, ClientError>>,
@@ -132,7 +132,7 @@ impl BrokerConnection {
         };
         let max_in_flight = cfg.max_in_flight_per_connection.max(1);
         let (tx, rx) = mpsc::channel::<Outgoing>(max_in_flight);
-        let (fifo_tx, fifo_rx) = mpsc::channel::<InFlight>(max_in_flight);
+        let (fifo_tx, fifo_rx) = mpsc::channel::<AwaitingResponse>(max_in_flight);
         let closed = Arc::new(AtomicBool::new(false));
         let cancel = CancellationToken::new();
         tokio::spawn(write_loop(
@@ -524,7 +524,7 @@ async fn write_loop(
     peer: Peer,
     wr: WriteHalf<Stream>,
     mut rx: mpsc::Receiver<Outgoing>,
-    fifo: mpsc::Sender<InFlight>,
+    fifo: mpsc::Sender<AwaitingResponse>,
     cancel: CancellationToken,
     closed: Arc<AtomicBool>,
     timeout: Duration,
@@ -542,7 +542,7 @@ async fn write_loop(
         let id = next_id;
         next_id = if next_id == i32::MAX { 1 } else { next_id + 1 };
         out.frame[CORRELATION_ID_AT..CORRELATION_ID_AT + 4].copy_from_slice(&id.to_be_bytes());
-        let entry = InFlight {
+        let entry = AwaitingResponse {
             correlation_id: id,
             api: out.api,
             reply: out.reply,
@@ -612,17 +612,17 @@ async fn write_loop(
 async fn read_loop(
     peer: Peer,
     rd: ReadHalf<Stream>,
-    mut fifo: mpsc::Receiver<InFlight>,
+    mut fifo: mpsc::Receiver<AwaitingResponse>,
     cancel: CancellationToken,
     closed: Arc<AtomicBool>,
     timeout: Duration,
     max_frame: usize,
 ) {
     let mut r = BufReader::with_capacity(64 * 1024, rd);
-    let failure: Option<(InFlight, ClientError)> = loop {
+    let failure: Option<(AwaitingResponse, ClientError)> = loop {
         // While nothing is outstanding the socket is still watched, so a broker that
         // closes an idle connection is noticed before the next request is written.
-        let next: Result<InFlight, &str> = tokio::select! {
+        let next: Result<AwaitingResponse, &str> = tokio::select! {
             biased;
             _ = cancel.cancelled() => Err("connection closed"),
             e = fifo.recv() => e.ok_or("connection dropped"),

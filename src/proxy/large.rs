@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::rewrite;
-use super::session::{Action, InFlight, SessionContext, SessionError, classify, count_request};
+use super::session::{
+    Action, ResponsePlan, SessionContext, SessionError, count_request, plan_response,
+};
 use crate::net::splice::{Moved, TcpHalf, both_tcp, forward_body};
 use crate::net::tee::TeePipes;
 use crate::protocol::produce::produce_acks;
@@ -43,7 +45,7 @@ pub(super) enum Forwarded {
 pub(super) async fn forward_head<R, W>(
     frames: &mut FramedRead<R, FrameCodec>,
     upstream: &mut BufWriter<W>,
-    fifo: &mpsc::Sender<InFlight>,
+    fifo: &mpsc::Sender<ResponsePlan>,
     LargeRequest { size, head }: LargeRequest,
     ctx: &SessionContext,
     addr: &str,
@@ -64,7 +66,7 @@ where
     };
     let up_err = |e| write_failed(addr, e);
     count_request(&peek, size);
-    let entry = InFlight::new(&peek, action);
+    let entry = ResponsePlan::new(&peek, action);
     if fifo.send(entry).await.is_err() {
         return Ok(Forwarded::Closing);
     }
@@ -119,7 +121,7 @@ fn tees(head: &Bytes, ctx: &SessionContext) -> bool {
 async fn tee_request<R, W>(
     frames: &mut FramedRead<R, FrameCodec>,
     upstream: &mut BufWriter<W>,
-    fifo: &mpsc::Sender<InFlight>,
+    fifo: &mpsc::Sender<ResponsePlan>,
     LargeRequest { size, head }: LargeRequest,
     ctx: &SessionContext,
     addr: &str,
@@ -158,7 +160,7 @@ where
     count_request(&peek, size);
     // The frame classify returns is the one read (acks=0, the only rewrite, is not
     // teed); what DC1 gets is what the pipe holds.
-    let (_, entry) = classify(frame, &peek, ctx)?;
+    let (_, entry) = plan_response(frame, &peek, ctx)?;
     if fifo.send(entry).await.is_err() {
         return Ok(Forwarded::Closing);
     }
@@ -225,7 +227,7 @@ fn count_spliced(moved: Moved, direction: &'static str) {
 
 /// Whether a response goes to the client exactly as DC1 sent it, so its body need
 /// not be read (see `process_response`).
-pub(super) fn passes_untouched(entry: &InFlight) -> bool {
+pub(super) fn passes_untouched(entry: &ResponsePlan) -> bool {
     !entry.swallow
         && matches!(entry.action, Action::Forward)
         && entry

@@ -114,7 +114,7 @@ pub(super) enum Action {
     EndTxn { producer_id: i64, committed: bool },
 }
 
-pub(super) struct InFlight {
+pub(super) struct ResponsePlan {
     pub correlation_id: i32,
     pub key: Option<ApiKey>,
     pub version: i16,
@@ -124,10 +124,10 @@ pub(super) struct InFlight {
     pub started: Instant,
 }
 
-impl InFlight {
+impl ResponsePlan {
     /// The entry for a request just read, its response not yet seen.
     pub(super) fn new(peek: &RequestHeaderPeek, action: Action) -> Self {
-        InFlight {
+        ResponsePlan {
             correlation_id: peek.correlation_id,
             key: peek.key(),
             version: peek.api_version,
@@ -282,7 +282,7 @@ async fn connect(
 async fn forward_requests<R, W>(
     mut frames: FramedRead<R, FrameCodec>,
     mut upstream: BufWriter<W>,
-    fifo: mpsc::Sender<InFlight>,
+    fifo: mpsc::Sender<ResponsePlan>,
     ctx: &SessionContext,
     addr: &str,
 ) -> Result<(), SessionError>
@@ -346,7 +346,7 @@ where
             )));
         };
         count_request(&peek, frame.len());
-        let (frame, inflight) = classify(frame, &peek, ctx)?;
+        let (frame, inflight) = plan_response(frame, &peek, ctx)?;
         // Enqueued before the frame goes out, so the response half always finds it.
         if fifo.send(inflight).await.is_err() {
             return Ok(());
@@ -377,13 +377,13 @@ fn has_complete_frame(buf: &[u8]) -> bool {
 
 /// Decides what a request's response will need, and rewrites the request if the tee
 /// must see a response the client did not ask for.
-pub(super) fn classify(
+pub(super) fn plan_response(
     frame: Bytes,
     peek: &RequestHeaderPeek,
     ctx: &SessionContext,
-) -> Result<(Bytes, InFlight), SessionError> {
+) -> Result<(Bytes, ResponsePlan), SessionError> {
     let version = peek.api_version;
-    let mut entry = InFlight::new(peek, Action::Forward);
+    let mut entry = ResponsePlan::new(peek, Action::Forward);
     match peek.key() {
         Some(ApiKey::Produce) => {
             let mut frame = frame;
@@ -431,7 +431,7 @@ fn client_decode(e: DecodeError) -> SessionError {
 async fn forward_responses<R, W>(
     mut frames: FramedRead<R, FrameCodec>,
     mut client: BufWriter<W>,
-    mut fifo: mpsc::Receiver<InFlight>,
+    mut fifo: mpsc::Receiver<ResponsePlan>,
     ctx: &SessionContext,
     addr: &str,
 ) -> Result<(), SessionError>
@@ -527,7 +527,7 @@ where
 /// Applies the rewrites and the tee's bookkeeping to one response frame.
 async fn process_response(
     frame: Bytes,
-    entry: InFlight,
+    entry: ResponsePlan,
     ctx: &SessionContext,
 ) -> Result<Bytes, DecodeError> {
     let Some(key) = entry.key else {

@@ -203,7 +203,7 @@ struct Shared {
     workers: DashMap<TopicPartition, mpsc::UnboundedSender<(Instant, Pending)>>,
     states: DashMap<TopicPartition, Arc<Mutex<Snapshot>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    senders: Mutex<HashMap<i32, mpsc::Sender<sender::Unit>>>,
+    senders: Mutex<HashMap<i32, mpsc::Sender<sender::BatchSend>>>,
     sender_tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     /// In a replication group: ownership, lease and positions (see `tier`).
@@ -238,7 +238,7 @@ impl Shared {
     }
 
     /// The sender of a DC2 broker, started on first use.
-    fn sender(&self, broker: i32) -> mpsc::Sender<sender::Unit> {
+    fn sender(&self, broker: i32) -> mpsc::Sender<sender::BatchSend> {
         let mut senders = crate::sync::lock(&self.senders);
         if let Some(tx) = senders.get(&broker)
             && !tx.is_closed()

@@ -34,17 +34,17 @@ pub(super) const MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 /// Batches queued per leader before workers wait.
 pub(super) const QUEUE: usize = 4096;
 
-/// A patched batch for one DC2 partition.
-pub(super) struct Unit {
+/// A patched batch for one DC2 partition, on its way to the DC2 leader's sender.
+pub(super) struct BatchSend {
     pub topic: Arc<str>,
     pub partition: i32,
     pub batch: PatchedBatch,
-    pub reply: oneshot::Sender<UnitResult>,
+    pub reply: oneshot::Sender<SendOutcome>,
 }
 
 /// What became of one batch.
 #[derive(Debug, Clone)]
-pub(super) enum UnitResult {
+pub(super) enum SendOutcome {
     /// Written (or already written: DUPLICATE_SEQUENCE_NUMBER), at `dc2_offset` in
     /// DC2 when the broker said where (not for a duplicate).
     Acked { dc2_offset: Option<i64> },
@@ -58,14 +58,14 @@ pub(super) enum UnitResult {
     Unknown { reason: String, refresh: bool },
 }
 
-impl UnitResult {
+impl SendOutcome {
     fn from_client_error(e: &ClientError) -> Self {
         match e.kafka_error() {
-            Some(error) => UnitResult::Rejected {
+            Some(error) => SendOutcome::Rejected {
                 error,
                 message: Some(e.to_string()),
             },
-            None => UnitResult::Unknown {
+            None => SendOutcome::Unknown {
                 reason: e.to_string(),
                 refresh: e.needs_metadata_refresh(),
             },
@@ -77,13 +77,13 @@ impl UnitResult {
 pub(super) async fn run(
     dc2: Client,
     broker: i32,
-    mut rx: mpsc::Receiver<Unit>,
+    mut rx: mpsc::Receiver<BatchSend>,
     produce_timeout: Duration,
     lease: Option<Arc<Lease>>,
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
-    let mut backlog: VecDeque<Unit> = VecDeque::new();
+    let mut backlog: VecDeque<BatchSend> = VecDeque::new();
     loop {
         if backlog.is_empty() {
             let next = tokio::select! {
@@ -106,7 +106,7 @@ pub(super) async fn run(
             // A member of a replication group whose membership is in doubt (it may
             // have been frozen past its session timeout) writes nothing: another
             // member may own these partitions by now.
-            let r = UnitResult::Unknown {
+            let r = SendOutcome::Unknown {
                 reason: "replication group membership in doubt; not sent".into(),
                 refresh: false,
             };
@@ -170,7 +170,7 @@ pub(super) async fn run(
     }
     // Whatever is left never reaches DC2; its workers hear so and retry or stop.
     for u in backlog {
-        let _ = u.reply.send(UnitResult::Unknown {
+        let _ = u.reply.send(SendOutcome::Unknown {
             reason: "replicator stopping".into(),
             refresh: false,
         });
@@ -180,7 +180,7 @@ pub(super) async fn run(
 
 /// Takes the next request's batches: the oldest batch of each partition, in arrival
 /// order, up to the size limit. Later batches of a partition stay queued behind it.
-fn take_request(backlog: &mut VecDeque<Unit>) -> Vec<Unit> {
+fn take_request(backlog: &mut VecDeque<BatchSend>) -> Vec<BatchSend> {
     let mut taken = Vec::new();
     let mut seen: HashSet<(Arc<str>, i32)> = HashSet::new();
     let mut blocked: HashSet<(Arc<str>, i32)> = HashSet::new();
@@ -203,14 +203,14 @@ fn take_request(backlog: &mut VecDeque<Unit>) -> Vec<Unit> {
     taken
 }
 
-type Replies = HashMap<(Arc<str>, i32), oneshot::Sender<UnitResult>>;
+type Replies = HashMap<(Arc<str>, i32), oneshot::Sender<SendOutcome>>;
 
 /// Encodes a Produce request body (acks=-1, no transactional id; v3 to v12) as parts:
 /// the fields in small buffers and each batch's records section as the shared buffer
 /// it already is, so no record byte is copied. Topics keep the order of their first
 /// batch. Fails (handing the units back) only on a topic name too long for Kafka.
 fn encode_request(
-    units: Vec<Unit>,
+    units: Vec<BatchSend>,
     version: i16,
     timeout: Duration,
 ) -> Result<(Vec<Bytes>, Replies), Unencodable> {
@@ -281,7 +281,7 @@ fn encode_request(
 }
 
 /// The batches of a request that could not be encoded, and why.
-type Unencodable = (Vec<Unit>, String);
+type Unencodable = (Vec<BatchSend>, String);
 
 /// Room per batch in the fields buffer: its 61-byte header and a few fields.
 const HEADER_SPACE: usize = crate::protocol::batch::HEADER_LEN + 16;
@@ -298,7 +298,7 @@ fn dispatch(outcome: Result<ProduceResponse, ClientError>, mut replies: Replies)
     let resp = match outcome {
         Ok(r) => r,
         Err(e) => {
-            let r = UnitResult::from_client_error(&e);
+            let r = SendOutcome::from_client_error(&e);
             for (_, tx) in replies {
                 let _ = tx.send(r.clone());
             }
@@ -312,13 +312,13 @@ fn dispatch(outcome: Result<ProduceResponse, ClientError>, mut replies: Replies)
                 continue;
             };
             let result = match ResponseError::try_from_code(p.error_code) {
-                None => UnitResult::Acked {
+                None => SendOutcome::Acked {
                     dc2_offset: (p.base_offset >= 0).then_some(p.base_offset),
                 },
                 Some(ResponseError::DuplicateSequenceNumber) => {
-                    UnitResult::Acked { dc2_offset: None }
+                    SendOutcome::Acked { dc2_offset: None }
                 }
-                Some(error) => UnitResult::Rejected {
+                Some(error) => SendOutcome::Rejected {
                     error,
                     message: p.error_message.map(|m| m.to_string()).or_else(|| {
                         p.record_errors.first().and_then(|r| {
@@ -331,15 +331,15 @@ fn dispatch(outcome: Result<ProduceResponse, ClientError>, mut replies: Replies)
         }
     }
     for (_, tx) in replies {
-        let _ = tx.send(UnitResult::Unknown {
+        let _ = tx.send(SendOutcome::Unknown {
             reason: "the Produce response does not mention this partition".into(),
             refresh: true,
         });
     }
 }
 
-fn fail_all(units: Vec<Unit>, e: &ClientError) {
-    let r = UnitResult::from_client_error(e);
+fn fail_all(units: Vec<BatchSend>, e: &ClientError) {
+    let r = SendOutcome::from_client_error(e);
     for u in units {
         let _ = u.reply.send(r.clone());
     }
@@ -349,10 +349,14 @@ fn fail_all(units: Vec<Unit>, e: &ClientError) {
 mod tests {
     use super::*;
 
-    fn unit(topic: &str, partition: i32, len: usize) -> (Unit, oneshot::Receiver<UnitResult>) {
+    fn unit(
+        topic: &str,
+        partition: i32,
+        len: usize,
+    ) -> (BatchSend, oneshot::Receiver<SendOutcome>) {
         let (tx, rx) = oneshot::channel();
         (
-            Unit {
+            BatchSend {
                 topic: Arc::from(topic),
                 partition,
                 batch: PatchedBatch {
@@ -367,7 +371,7 @@ mod tests {
 
     /// The batch sizes (at least the 61-byte header) of the next request taken from
     /// the backlog.
-    fn next_request_lens(backlog: &mut VecDeque<Unit>) -> Vec<usize> {
+    fn next_request_lens(backlog: &mut VecDeque<BatchSend>) -> Vec<usize> {
         take_request(backlog)
             .iter()
             .map(|u| u.batch.len())
@@ -426,7 +430,7 @@ mod tests {
         for version in 3..=12 {
             let mk = |t: &str, p: i32, fill: u8| {
                 let (tx, _rx) = oneshot::channel();
-                Unit {
+                BatchSend {
                     topic: Arc::from(t),
                     partition: p,
                     batch: PatchedBatch {

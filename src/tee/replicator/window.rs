@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 
 use kafka_protocol::ResponseError;
 
-use super::sender::UnitResult;
+use super::sender::SendOutcome;
 
 /// A front batch rejected as out of order this many times in a row, although the
 /// tail shows DC2 does not hold it, gets a new producer identity.
@@ -96,7 +96,7 @@ pub(super) enum Action<T> {
 enum Status {
     Queued,
     Sent(u64),
-    Answered(UnitResult),
+    Answered(SendOutcome),
     /// Could not be handed to DC2: certainly not written.
     NotSent,
 }
@@ -132,7 +132,7 @@ enum Mode {
 
 /// What to do with a batch after DC2 answered.
 #[derive(Debug)]
-enum Class {
+enum AnswerAction {
     Acked(Option<i64>),
     Resend,
     /// Not known to be written or not: the tail decides.
@@ -142,16 +142,16 @@ enum Class {
     Drop(ResponseError, Option<String>),
 }
 
-fn classify(r: &UnitResult) -> Class {
+fn action_for(r: &SendOutcome) -> AnswerAction {
     match r {
-        UnitResult::Acked { dc2_offset } => Class::Acked(*dc2_offset),
-        UnitResult::Unknown { .. } => Class::Unsure,
-        UnitResult::Rejected { error, message } => match error {
-            ResponseError::OutOfOrderSequenceNumber => Class::Unsure,
+        SendOutcome::Acked { dc2_offset } => AnswerAction::Acked(*dc2_offset),
+        SendOutcome::Unknown { .. } => AnswerAction::Unsure,
+        SendOutcome::Rejected { error, message } => match error {
+            ResponseError::OutOfOrderSequenceNumber => AnswerAction::Unsure,
             ResponseError::UnknownProducerId
             | ResponseError::InvalidProducerEpoch
             | ResponseError::ProducerFenced
-            | ResponseError::InvalidProducerIdMapping => Class::Renew,
+            | ResponseError::InvalidProducerIdMapping => AnswerAction::Renew,
             ResponseError::MessageTooLarge
             | ResponseError::RecordListTooLarge
             | ResponseError::InvalidRecord
@@ -165,8 +165,8 @@ fn classify(r: &UnitResult) -> Class {
             | ResponseError::ClusterAuthorizationFailed
             | ResponseError::TransactionalIdAuthorizationFailed
             | ResponseError::InvalidRequiredAcks
-            | ResponseError::InvalidRequest => Class::Drop(*error, message.clone()),
-            _ => Class::Resend,
+            | ResponseError::InvalidRequest => AnswerAction::Drop(*error, message.clone()),
+            _ => AnswerAction::Resend,
         },
     }
 }
@@ -341,7 +341,7 @@ impl<T> Window<T> {
     }
 
     /// DC2's answer for the send `token` (a stale token is ignored).
-    pub(super) fn answer(&mut self, token: u64, result: UnitResult) {
+    pub(super) fn answer(&mut self, token: u64, result: SendOutcome) {
         self.settle(token, Status::Answered(result));
     }
 
@@ -359,7 +359,7 @@ impl<T> Window<T> {
         else {
             return;
         };
-        let failed = !matches!(status, Status::Answered(UnitResult::Acked { .. }));
+        let failed = !matches!(status, Status::Answered(SendOutcome::Acked { .. }));
         if let Status::Answered(r) = &status
             && failed
         {
@@ -385,7 +385,7 @@ impl<T> Window<T> {
     /// Commits acknowledged batches at the front.
     fn commit_front(&mut self) {
         while let Some(e) = self.entries.front() {
-            let Status::Answered(UnitResult::Acked { dc2_offset }) = e.status else {
+            let Status::Answered(SendOutcome::Acked { dc2_offset }) = e.status else {
                 break;
             };
             self.commit_one(dc2_offset);
@@ -414,14 +414,14 @@ impl<T> Window<T> {
         let last_acked = self
             .entries
             .iter()
-            .rposition(|e| matches!(e.status, Status::Answered(UnitResult::Acked { .. })));
+            .rposition(|e| matches!(e.status, Status::Answered(SendOutcome::Acked { .. })));
         if let Some(l) = last_acked {
             for _ in 0..=l {
                 let Some(e) = self.entries.front() else { break };
                 match &e.status {
-                    Status::Answered(r) => match classify(r) {
-                        Class::Drop(error, message) => self.drop_front(error, message),
-                        Class::Acked(o) => self.commit_one(o),
+                    Status::Answered(r) => match action_for(r) {
+                        AnswerAction::Drop(error, message) => self.drop_front(error, message),
+                        AnswerAction::Acked(o) => self.commit_one(o),
                         _ => {
                             tracing::warn!(
                                 seq = e.seq,
@@ -438,9 +438,9 @@ impl<T> Window<T> {
         let mut unsure = false;
         for e in &self.entries {
             if let Status::Answered(r) = &e.status {
-                match classify(r) {
-                    Class::Unsure => unsure = true,
-                    Class::Renew => {
+                match action_for(r) {
+                    AnswerAction::Unsure => unsure = true,
+                    AnswerAction::Renew => {
                         unsure = true;
                         self.renew = true;
                     }
@@ -489,7 +489,7 @@ impl<T> Window<T> {
         let front_ooo = self.entries.front().is_some_and(|e| {
             matches!(
                 &e.status,
-                Status::Answered(UnitResult::Rejected {
+                Status::Answered(SendOutcome::Rejected {
                     error: ResponseError::OutOfOrderSequenceNumber,
                     ..
                 })
@@ -539,7 +539,7 @@ impl<T> Window<T> {
         let entries = std::mem::take(&mut self.entries);
         for mut e in entries {
             if let Status::Answered(r) = &e.status
-                && let Class::Drop(error, message) = classify(r)
+                && let AnswerAction::Drop(error, message) = action_for(r)
             {
                 self.bytes -= e.bytes;
                 self.out.push_back(Action::Drop {
@@ -649,17 +649,17 @@ impl<T> Window<T> {
     }
 }
 
-fn describe(r: &UnitResult) -> String {
+fn describe(r: &SendOutcome) -> String {
     match r {
-        UnitResult::Acked { .. } => "acknowledged".into(),
-        UnitResult::Rejected { error, message } => format!(
+        SendOutcome::Acked { .. } => "acknowledged".into(),
+        SendOutcome::Rejected { error, message } => format!(
             "DC2 answered {error}{}",
             message
                 .as_deref()
                 .map(|m| format!(" ({m})"))
                 .unwrap_or_default()
         ),
-        UnitResult::Unknown { reason, .. } => format!("no answer from DC2: {reason}"),
+        SendOutcome::Unknown { reason, .. } => format!("no answer from DC2: {reason}"),
     }
 }
 

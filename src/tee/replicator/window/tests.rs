@@ -12,21 +12,21 @@ const LIMITS: Limits = Limits {
     bytes: 1 << 30,
 };
 
-fn acked(o: i64) -> UnitResult {
-    UnitResult::Acked {
+fn acked(o: i64) -> SendOutcome {
+    SendOutcome::Acked {
         dc2_offset: Some(o),
     }
 }
 
-fn rejected(error: ResponseError) -> UnitResult {
-    UnitResult::Rejected {
+fn rejected(error: ResponseError) -> SendOutcome {
+    SendOutcome::Rejected {
         error,
         message: None,
     }
 }
 
-fn unknown() -> UnitResult {
-    UnitResult::Unknown {
+fn unknown() -> SendOutcome {
+    SendOutcome::Unknown {
         reason: "connection closed".into(),
         refresh: false,
     }
@@ -503,7 +503,7 @@ struct KafkaPartition {
 }
 
 impl KafkaPartition {
-    fn produce(&mut self, pid: u32, id: usize, seq: i32, span: i32) -> UnitResult {
+    fn produce(&mut self, pid: u32, id: usize, seq: i32, span: i32) -> SendOutcome {
         let p = pid as usize;
         while self.producers.len() <= p {
             self.producers.push((VecDeque::new(), 0));
@@ -511,7 +511,7 @@ impl KafkaPartition {
         let last = add_seq(seq, span - 1);
         let (recent, next) = &mut self.producers[p];
         if recent.contains(&(seq, last)) {
-            return UnitResult::Acked { dc2_offset: None };
+            return SendOutcome::Acked { dc2_offset: None };
         }
         if seq != *next {
             return rejected(ResponseError::OutOfOrderSequenceNumber);

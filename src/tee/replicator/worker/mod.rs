@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catchup::CatchUp;
 use super::queue::PartitionQueue;
-use super::sender::{Unit, UnitResult};
+use super::sender::{BatchSend, SendOutcome};
 use super::tail::read_held;
 use super::topics::{TopicGate, TopicStatus};
 use super::window::{Action, Window};
@@ -68,7 +68,7 @@ struct Arrival {
 }
 
 /// A batch ready to be sent, with the DC1 offsets it covers.
-struct Ready {
+struct ReadyBatch {
     first: i64,
     last: i64,
     batch: RecordBatch,
@@ -77,7 +77,7 @@ struct Ready {
     from_dc1: bool,
 }
 
-impl Ready {
+impl ReadyBatch {
     /// Sequence numbers the batch uses: the broker computes the last sequence from the
     /// last offset delta (equal to record count - 1 for a producer's batch).
     fn span(&self) -> i32 {
@@ -88,7 +88,7 @@ impl Ready {
 /// A send awaiting DC2's answer.
 struct Flight {
     token: u64,
-    rx: oneshot::Receiver<UnitResult>,
+    rx: oneshot::Receiver<SendOutcome>,
     deadline: Instant,
 }
 
@@ -96,16 +96,16 @@ fn error_code_label(e: ResponseError) -> String {
     format!("{e}")
 }
 
-enum Next {
-    Ready(Ready),
+enum NextBatch {
+    Ready(ReadyBatch),
     /// Nothing queued.
     Idle,
     /// A gap is being read but DC1 has nothing for it right now.
     Wait,
 }
 
-enum Event {
-    Front(u64, UnitResult),
+enum WorkerEvent {
+    Front(u64, SendOutcome),
     Input(Option<(Instant, Pending)>),
     Stop,
 }
@@ -122,8 +122,8 @@ pub(super) struct Worker {
     catchup: Option<CatchUp>,
     catchup_retry_at: Option<Instant>,
     catchup_backoff: Backoff,
-    ready: VecDeque<Ready>,
-    window: Window<Ready>,
+    ready: VecDeque<ReadyBatch>,
+    window: Window<ReadyBatch>,
     /// Sends awaiting an answer, in the order they were handed to the sender.
     flights: VecDeque<Flight>,
     /// Bytes this worker holds in its window, counted in `Shared::in_flight_bytes`.
@@ -318,14 +318,14 @@ impl Worker {
             && (self.window.is_empty() || self.sh.in_flight_bytes.load(Ordering::Relaxed) < cap)
         {
             match self.next_ready().await {
-                Next::Ready(r) => {
+                NextBatch::Ready(r) => {
                     self.sent_upto = Some(self.sent_upto.map_or(r.last, |s| s.max(r.last)));
                     let (span, bytes) = (r.span(), r.batch.len());
                     self.window_bytes += bytes;
                     self.sh.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
                     self.window.offer(r, span, bytes);
                 }
-                Next::Idle | Next::Wait => break,
+                NextBatch::Idle | NextBatch::Wait => break,
             }
         }
     }
@@ -436,16 +436,16 @@ impl Worker {
 
     /// Notes what an answer says beyond the batch itself (errors counted, metadata to
     /// refresh, the topic to check again).
-    fn note_answer(&mut self, r: &UnitResult) {
+    fn note_answer(&mut self, r: &SendOutcome) {
         match r {
-            UnitResult::Unknown { refresh, .. } => {
+            SendOutcome::Unknown { refresh, .. } => {
                 self.refresh |= *refresh;
                 // The broker may have restarted and lost the topic; Tansu 0.6 acks
                 // Produce to a missing topic without storing anything, so the topic
                 // is checked again before the resend.
                 self.invalidate = true;
             }
-            UnitResult::Rejected { error, .. } => {
+            SendOutcome::Rejected { error, .. } => {
                 metrics::counter!("kafka_tee_dc2_errors_total", "code" => error_code_label(*error))
                     .increment(1);
                 self.refresh |= is_metadata_error(*error);
@@ -454,7 +454,7 @@ impl Worker {
                     ResponseError::UnknownTopicOrPartition | ResponseError::UnknownProducerId
                 );
             }
-            UnitResult::Acked { .. } => {}
+            SendOutcome::Acked { .. } => {}
         }
     }
 
@@ -506,7 +506,7 @@ impl Worker {
         };
         let batch = ready.batch.patch(ident.producer_id, ident.epoch, seq, true);
         let (tx, rx) = oneshot::channel();
-        let unit = Unit {
+        let unit = BatchSend {
             topic: self.dc2_topic.clone(),
             partition: self.tp.partition,
             batch,
@@ -537,20 +537,20 @@ impl Worker {
             };
             let (token, deadline) = (front.token, front.deadline);
             tokio::select! {
-                r = tokio::time::timeout_at(deadline.into(), &mut front.rx) => Event::Front(token, match r {
+                r = tokio::time::timeout_at(deadline.into(), &mut front.rx) => WorkerEvent::Front(token, match r {
                     Ok(Ok(r)) => r,
-                    Ok(Err(_)) => UnitResult::Unknown { reason: "the DC2 sender dropped the batch".into(), refresh: false },
-                    Err(_) => UnitResult::Unknown { reason: "no answer from DC2 in time".into(), refresh: true },
+                    Ok(Err(_)) => SendOutcome::Unknown { reason: "the DC2 sender dropped the batch".into(), refresh: false },
+                    Err(_) => SendOutcome::Unknown { reason: "no answer from DC2 in time".into(), refresh: true },
                 }),
-                item = input.recv(), if rx_open => Event::Input(item),
-                _ = hard.cancelled() => Event::Stop,
+                item = input.recv(), if rx_open => WorkerEvent::Input(item),
+                _ = hard.cancelled() => WorkerEvent::Stop,
             }
         };
         match ev {
-            Event::Stop => {}
-            Event::Input(Some((at, item))) => self.accept(at, item),
-            Event::Input(None) => self.rx_open = false,
-            Event::Front(token, r) => {
+            WorkerEvent::Stop => {}
+            WorkerEvent::Input(Some((at, item))) => self.accept(at, item),
+            WorkerEvent::Input(None) => self.rx_open = false,
+            WorkerEvent::Front(token, r) => {
                 self.flights.pop_front();
                 self.note_answer(&r);
                 self.window.answer(token, r);

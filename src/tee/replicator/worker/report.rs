@@ -9,7 +9,7 @@ use kafka_protocol::ResponseError;
 
 use super::super::Progress;
 use super::super::topics::TopicStatus;
-use super::{Arrival, JUMP_SHOWN, MAX_ARRIVALS, Ready, WARN_EVERY, Worker, error_code_label};
+use super::{Arrival, JUMP_SHOWN, MAX_ARRIVALS, ReadyBatch, WARN_EVERY, Worker, error_code_label};
 
 impl Worker {
     /// Publishes the partition's state for status pages.
@@ -59,7 +59,7 @@ impl Worker {
         s.state = state;
     }
 
-    pub(super) fn commit(&mut self, ready: Ready, seq: i32, dc2_offset: Option<i64>) {
+    pub(super) fn commit(&mut self, ready: ReadyBatch, seq: i32, dc2_offset: Option<i64>) {
         self.check_dc2_offset(dc2_offset, i64::from(ready.span()));
         if let Some(base) = dc2_offset {
             self.sh.offsets.entry(self.tp.clone()).or_default().copied(
@@ -140,7 +140,7 @@ impl Worker {
 
     pub(super) fn drop_batch(
         &mut self,
-        ready: Ready,
+        ready: ReadyBatch,
         error: ResponseError,
         message: Option<String>,
         at_front: bool,

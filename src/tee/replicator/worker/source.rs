@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::super::catchup::{CatchUp, Skipped, Step};
 use super::super::queue::item_range;
 use super::super::tail::partition_end;
-use super::{FOLLOW_MAX, Next, Ready, Worker};
+use super::{FOLLOW_MAX, NextBatch, ReadyBatch, Worker};
 use crate::client::IsolationLevel;
 use crate::protocol::batch::RecordBatch;
 use crate::tee::Pending;
@@ -126,11 +126,11 @@ impl Worker {
         self.update_lag();
     }
 
-    pub(super) async fn next_ready(&mut self) -> Next {
+    pub(super) async fn next_ready(&mut self) -> NextBatch {
         let hard = self.sh.hard_stop.clone();
         loop {
             if let Some(r) = self.ready.pop_front() {
-                return Next::Ready(r);
+                return NextBatch::Ready(r);
             }
             if let Some(c) = self.catchup.as_mut() {
                 if c.done() {
@@ -141,12 +141,12 @@ impl Worker {
                 if let Some(at) = self.catchup_retry_at
                     && Instant::now() < at
                 {
-                    return Next::Wait;
+                    return NextBatch::Wait;
                 }
                 let mut skipped = Skipped::default();
                 let step = tokio::select! {
                     s = c.step(&self.sh.dc1, &self.tp.topic, self.tp.partition, &mut skipped) => s,
-                    _ = hard.cancelled() => return Next::Idle,
+                    _ = hard.cancelled() => return NextBatch::Idle,
                 };
                 metrics::counter!("kafka_tee_catchup_skipped_batches_total", "reason" => "aborted")
                     .increment(skipped.aborted_batches);
@@ -167,7 +167,7 @@ impl Worker {
                         for b in batches {
                             let first = b.base_offset();
                             let last = first.saturating_add(i64::from(b.last_offset_delta()));
-                            self.ready.push_back(Ready {
+                            self.ready.push_back(ReadyBatch {
                                 first,
                                 last,
                                 batch: b,
@@ -179,7 +179,7 @@ impl Worker {
                     Ok(Step::Wait) => {
                         self.catchup_retry_at =
                             Some(Instant::now() + self.catchup_backoff.next_delay());
-                        return Next::Wait;
+                        return NextBatch::Wait;
                     }
                     Ok(Step::Lost { from, to, reason }) => self.lost(from, to, &reason),
                     // DC1 still has the data, so every error is retried (with a
@@ -194,13 +194,13 @@ impl Worker {
                                 .await;
                         }
                         self.catchup_retry_at = Some(Instant::now() + self.backoff.next_delay());
-                        return Next::Wait;
+                        return NextBatch::Wait;
                     }
                 }
                 continue;
             }
             match self.queue.pop_front() {
-                None => return Next::Idle,
+                None => return NextBatch::Idle,
                 Some(Pending::Gap { from, to }) => {
                     let start = self.sent_upto.map_or(from, |s| from.max(s + 1));
                     if start <= to {
@@ -232,7 +232,7 @@ impl Worker {
                         self.sh.budget.release(len);
                         continue;
                     }
-                    return Next::Ready(Ready {
+                    return NextBatch::Ready(ReadyBatch {
                         first: base_offset,
                         last,
                         batch,
