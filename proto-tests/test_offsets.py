@@ -22,9 +22,10 @@ SYNC_MS = 500
 GROUP_PATTERN = "^app-"
 
 
-def tee_config(tmp_path, name: str, sync: bool = True, replication_group: str | None = None):
+def tee_config(tmp_path, name: str, sync: bool = True, replication_group: str | None = None,
+               sync_ms: int = SYNC_MS):
     """A config with the tee on and, when `sync`, the app-* groups synced every
-    SYNC_MS."""
+    `sync_ms`."""
     repl: dict = {"checkpoint_interval_ms": 200}
     if replication_group is not None:
         repl["group"] = replication_group
@@ -32,13 +33,13 @@ def tee_config(tmp_path, name: str, sync: bool = True, replication_group: str | 
     sections: dict = {"replication": repl}
     if sync:
         sections["replication.group_offsets"] = {"include": [GROUP_PATTERN],
-                                                 "interval_ms": SYNC_MS}
+                                                 "interval_ms": sync_ms}
     return write_config(tmp_path / f"{name}.toml", sections)
 
 
 def start_tee(proxy, dc1, dc2, tmp_path, name: str = "kafka-tee", sync: bool = True,
-              state_dir=None, replication_group: str | None = None):
-    cfg = tee_config(tmp_path, name, sync, replication_group)
+              state_dir=None, replication_group: str | None = None, sync_ms: int = SYNC_MS):
+    cfg = tee_config(tmp_path, name, sync, replication_group, sync_ms)
     return proxy(dc1.bootstrap, target=dc2.bootstrap, config=cfg, admin=True,
                  state_dir=state_dir, name=name)
 
@@ -390,31 +391,37 @@ def test_a_group_live_in_dc2_is_left_alone(dc1, dc2, proxy, tmp_path):
 
 @pytest.mark.parametrize("mode", ["single", "replication-group"])
 def test_offsets_sync_after_a_restart(dc1, dc2, proxy, tmp_path, mode):
-    """The records are copied and the group commits in DC1 while kafka-tee does not
-    sync; kafka-tee restarts on its state directory (alone, or as the only member of a
-    replication group) and syncs from the offset map it kept there: the DC2 member
-    reads exactly the rest."""
+    """A restart between syncs: the group commits in DC1 and kafka-tee syncs it; the
+    group commits further and kafka-tee stops before its next round (rounds every 5 s
+    here). Restarted on its state directory (alone, or as the only member of a
+    replication group), it syncs the new commit from the offset map it kept there: the
+    DC2 member reads exactly the rest."""
     topic, group = unique(f"offs-restart-{mode}"), unique("app-restart")
     harness.create_topic(dc1.bootstrap, topic, partitions=2)
     rg = unique("tee-rg") if mode == "replication-group" else None
     state = tmp_path / "state"
     state.mkdir()
-    first = start_tee(proxy, dc1, dc2, tmp_path, "kafka-tee-first", sync=False,
-                      state_dir=state, replication_group=rg)
+    first = start_tee(proxy, dc1, dc2, tmp_path, "kafka-tee-first", state_dir=state,
+                      replication_group=rg, sync_ms=5000)
     if rg is not None:
         wait_owned(first, 2)
     dc1_recs, dc2_recs = replicate(dc1, dc2, topic, make_trecords(3_000, "r", 2), first)
-    consumed = consume_and_commit(dc1.bootstrap, topic, group, 1_800)
+    early = consume_and_commit(dc1.bootstrap, topic, group, 1_000)
+    synced_before = wait_synced(first, dc2, group, topic,
+                                expected_dc2_commits(dc1_recs, dc2_recs, early))
+    later = consume_and_commit(dc1.bootstrap, topic, group, 800)
     assert first.stop() == 0
-    assert committed(dc2.bootstrap, group, topic, 2) == {0: -1001, 1: -1001}
+    at_stop = committed(dc2.bootstrap, group, topic, 2)
     again = start_tee(proxy, dc1, dc2, tmp_path, "kafka-tee-again", state_dir=state,
                       replication_group=rg)
-    want = expected_dc2_commits(dc1_recs, dc2_recs, consumed)
+    want = expected_dc2_commits(dc1_recs, dc2_recs, early + later)
     wait_synced(again, dc2, group, topic, want, timeout=60)
     rest = consume_rest(dc2.bootstrap, topic, group, 1_200)
-    assert_exactly_the_rest({r.key for r in dc1_recs}, consumed, rest, f"restart {mode}")
-    print(f"\n[restart {mode}] after the restart DC2 commits {want}; the DC2 member read "
-          f"exactly the other {len(rest)}")
+    assert_exactly_the_rest({r.key for r in dc1_recs}, early + later, rest,
+                            f"restart {mode}")
+    print(f"\n[restart {mode}] synced {synced_before} before the restart, DC2 held {at_stop} "
+          f"when it stopped; after it DC2 commits {want}; the DC2 member read exactly the "
+          f"other {len(rest)}")
 
 
 def test_a_new_owner_on_an_empty_disk_translates_older_offsets(dc1, dc2, proxy, tmp_path):
