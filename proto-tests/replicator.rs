@@ -265,17 +265,18 @@ fn config(dc1: &Broker, dc2: &Broker, state: &std::path::Path) -> Config {
 /// Pushes a batch as the capture would: with its bytes reserved in the budget.
 fn push_batch(
     h: &replicator::ReplicatorHandle,
-    budget: &Budget,
+    budget: &Arc<Budget>,
     tp: &TopicPartition,
     base: i64,
     records: &Bytes,
 ) {
-    assert!(budget.try_reserve(records.len()));
+    let reservation = budget.try_reserve(records.len()).expect("budget");
     h.push(
         tp.clone(),
         Pending::Batch {
             base_offset: base,
             records: records.clone(),
+            reservation,
         },
     );
 }
@@ -327,7 +328,7 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
     }
 
     let budget = Arc::new(Budget::new(64 << 20));
-    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config(&dc1, &dc2, &state))
         .await
         .expect("start");
     let h = rep.handle();
@@ -462,7 +463,7 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
     let b = batch("after-b", 3, Compression::Zstd);
     let base_a = produce(&src, "orders", 0, &a).await;
     let base_b = produce(&src, "orders", 0, &b).await;
-    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config(&dc1, &dc2, &state))
         .await
         .expect("restart");
     let h = rep.handle();
@@ -490,7 +491,7 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
     // the restart although nothing is pushed for its partition.
     let c = batch("after-c", 2, Compression::Snappy);
     let base_c = produce(&src, "orders", 1, &c).await;
-    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config(&dc1, &dc2, &state))
         .await
         .expect("restart");
     assert!(
@@ -526,7 +527,7 @@ async fn partition_count_mismatch_holds_the_topic() {
     let base = produce(&src, "events", 0, &b).await;
 
     let budget = Arc::new(Budget::new(1 << 20));
-    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config(&dc1, &dc2, &state))
         .await
         .expect("start");
     let tp = TopicPartition {
@@ -626,8 +627,7 @@ async fn gaps_with_transactions_copy_only_committed_data() {
         .max()
         .expect("batches");
 
-    let budget = Arc::new(Budget::new(1 << 20));
-    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config(&dc1, &dc2, &state))
         .await
         .expect("start");
     let tp = TopicPartition {
@@ -698,7 +698,7 @@ async fn dc2_restart_is_survived() {
         .await
         .expect("create DC1 topic");
     let budget = Arc::new(Budget::new(1 << 20));
-    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config(&dc1, &dc2, &state))
         .await
         .expect("start");
     let h = rep.handle();
@@ -780,9 +780,7 @@ async fn dc2_errors_keep_order_and_sequences() {
     cfg.replication.retry_backoff_max_ms = 200;
     cfg.state.dir = Some(state.clone());
     let budget = Arc::new(Budget::new(1 << 20));
-    let rep = replicator::start(&cfg, budget.clone())
-        .await
-        .expect("start");
+    let rep = replicator::start(&cfg).await.expect("start");
     let h = rep.handle();
     let tp = TopicPartition {
         topic: Arc::from("flaky"),
@@ -842,10 +840,7 @@ async fn copy_gap_from_mock_dc1(
     cfg.replication.topic_prefix = "dc1.".into();
     cfg.replication.retry_backoff_ms = 20;
     cfg.state.dir = Some(state.to_path_buf());
-    let budget = Arc::new(Budget::new(1 << 20));
-    let rep = replicator::start(&cfg, budget.clone())
-        .await
-        .expect("start");
+    let rep = replicator::start(&cfg).await.expect("start");
     let tp = TopicPartition {
         topic: Arc::from(topic),
         partition: 0,
@@ -969,7 +964,7 @@ async fn offsets_never_handed_over_are_read_back() {
         .await
         .expect("create DC1 topic");
     let budget = Arc::new(Budget::new(1 << 20));
-    let rep = replicator::start(&config(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config(&dc1, &dc2, &state))
         .await
         .expect("start");
     let h = rep.handle();
@@ -1014,9 +1009,7 @@ async fn offsets_appended_past_the_last_push_are_copied_when_the_partition_is_id
     let budget = Arc::new(Budget::new(1 << 20));
     let mut cfg = config(&dc1, &dc2, &state);
     cfg.replication.follow_interval_ms = 200;
-    let rep = replicator::start(&cfg, budget.clone())
-        .await
-        .expect("start");
+    let rep = replicator::start(&cfg).await.expect("start");
     let h = rep.handle();
     let tp = TopicPartition {
         topic: Arc::from("follow"),
@@ -1134,7 +1127,7 @@ async fn deep_window_faults_leave_no_duplicates_under_kafka_rules() {
         );
     }
     let budget = Arc::new(Budget::new(64 << 20));
-    let rep = replicator::start(&config_for_double(&dc1, &dc2, &state), budget.clone())
+    let rep = replicator::start(&config_for_double(&dc1, &dc2, &state))
         .await
         .expect("start");
     let h = rep.handle();
@@ -1186,9 +1179,7 @@ async fn restart_with_unanswered_batches_leaves_no_duplicates_under_kafka_rules(
     cfg.replication.request_timeout_ms = 30_000;
     {
         let budget = Arc::new(Budget::new(64 << 20));
-        let rep = replicator::start(&cfg, budget.clone())
-            .await
-            .expect("start");
+        let rep = replicator::start(&cfg).await.expect("start");
         let h = rep.handle();
         for (base, b) in &sent[..25] {
             push_batch(&h, &budget, &tp, *base, b);
@@ -1215,9 +1206,7 @@ async fn restart_with_unanswered_batches_leaves_no_duplicates_under_kafka_rules(
     // producer id and write them again.
     cfg.replication.max_in_flight_per_partition = 4;
     let budget = Arc::new(Budget::new(64 << 20));
-    let rep = replicator::start(&cfg, budget.clone())
-        .await
-        .expect("restart");
+    let rep = replicator::start(&cfg).await.expect("restart");
     let h = rep.handle();
     for (base, b) in &sent[25..] {
         push_batch(&h, &budget, &tp, *base, b);

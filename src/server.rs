@@ -240,7 +240,7 @@ struct Tee {
 impl Tee {
     async fn start(config: &Config) -> anyhow::Result<Self> {
         let budget = Arc::new(Budget::new(config.replication.max_pending_bytes));
-        let replicator = crate::tee::replicator::start(config, budget.clone()).await?;
+        let replicator = crate::tee::replicator::start(config).await?;
         let sync = &config.replication.sync_topics;
         let sync_topics = (!sync.is_empty())
             .then(|| TopicFilter::new(sync, &[]))

@@ -26,7 +26,7 @@ use kafka_protocol::messages::ProduceResponse;
 use crate::protocol::batch::{self, Peek};
 use crate::protocol::produce::ProduceRequestView;
 use crate::sync::lock;
-use crate::tee::{Budget, Pending, TopicPartition};
+use crate::tee::{Budget, Pending, Reservation, TopicPartition};
 
 /// Where released items go (the replicator, or a test's collector).
 pub trait Sink: Send + Sync {
@@ -77,8 +77,8 @@ struct Held {
     barrier: u64,
     /// `Some(pid)` while the batch waits for its transaction's outcome.
     txn: Option<i64>,
+    /// A batch carries its budget reservation; dropping the item gives it back.
     item: Pending,
-    reserved: usize,
     since: Instant,
 }
 
@@ -94,9 +94,8 @@ struct TicketEntry {
     tp: TopicPartition,
     request: u64,
     facts: Option<Peek>,
-    /// The batch bytes, when the budget had room for them.
-    records: Option<Bytes>,
-    reserved: usize,
+    /// The batch bytes and their reservation, when the budget had room for them.
+    records: Option<(Bytes, Reservation)>,
 }
 
 /// A forwarded Produce request's claim on its partitions' ordering. Dropping it without
@@ -180,10 +179,9 @@ impl Capture {
                 };
                 let facts = records.as_deref().and_then(batch::peek);
                 let len = records.as_ref().map_or(0, |r| r.len());
-                let (records, reserved) = match records {
-                    Some(r) if self.budget.try_reserve(len) => (Some(r.clone()), len),
-                    _ => (None, 0),
-                };
+                let records = records
+                    .as_ref()
+                    .and_then(|r| self.budget.try_reserve(len).map(|res| (r.clone(), res)));
                 let request = {
                     let slot = self.partitions.entry(tp.clone()).or_default();
                     let mut order = lock(&slot);
@@ -197,7 +195,6 @@ impl Capture {
                     request,
                     facts,
                     records,
-                    reserved,
                 });
             }
         }
@@ -224,7 +221,6 @@ impl Capture {
                         h.txn = None;
                         true
                     } else {
-                        self.budget.release(h.reserved);
                         false
                     }
                 });
@@ -256,8 +252,6 @@ impl Capture {
                             Pending::Gap { to, .. } => *to,
                         };
                         tracing::warn!(partition = %tp, producer_id = pid, "transaction not ended in time; reading its outcome back from DC1");
-                        self.budget.release(h.reserved);
-                        h.reserved = 0;
                         h.txn = None;
                         h.item = Pending::Gap { from: base, to };
                     }
@@ -306,7 +300,8 @@ impl Capture {
         order.outstanding.remove(&entry.request);
         match (ack, entry.facts) {
             (Some(base), Some(facts)) => {
-                crate::metrics::dc1_acked_batch(facts.last_offset_delta + 1, entry.reserved);
+                let kept = entry.records.as_ref().map_or(0, |(_, r)| r.bytes());
+                crate::metrics::dc1_acked_batch(facts.last_offset_delta + 1, kept);
                 let txn = facts.transactional.then_some(facts.producer_id);
                 if let Some(pid) = txn {
                     lock(&self.txns)
@@ -315,9 +310,10 @@ impl Capture {
                         .insert(entry.tp.clone());
                 }
                 let item = match entry.records {
-                    Some(records) => Pending::Batch {
+                    Some((records, reservation)) => Pending::Batch {
                         base_offset: base,
                         records,
+                        reservation,
                     },
                     None => Pending::Gap {
                         from: base,
@@ -331,7 +327,6 @@ impl Capture {
                         barrier,
                         txn,
                         item,
-                        reserved: entry.reserved,
                         since: Instant::now(),
                     },
                 );
@@ -340,7 +335,7 @@ impl Capture {
                 // DC1 accepted bytes the proxy could not read as a v2 batch: never
                 // happens with a real broker, but if it does, the offsets are read back.
                 tracing::error!(partition = %entry.tp, base, "acked batch has an unreadable header");
-                self.budget.release(entry.reserved);
+                drop(entry.records);
                 let barrier = order.next_request;
                 order.held.insert(
                     base,
@@ -351,12 +346,12 @@ impl Capture {
                             from: base,
                             to: base,
                         },
-                        reserved: 0,
                         since: Instant::now(),
                     },
                 );
             }
-            (None, _) => self.budget.release(entry.reserved),
+            // Not acknowledged: the bytes (and their reservation) go.
+            (None, _) => drop(entry.records),
         }
         self.release(&entry.tp, &mut order);
     }
@@ -584,10 +579,13 @@ mod tests {
             .expect("ticket");
         t1.complete(&response("t", 0, 0, 0));
         t2.complete(&response("t", 0, 0, 5));
-        let got = lock(&sink.0).clone();
+        let got = lock(&sink.0);
         assert!(matches!(got[0].1, Pending::Batch { base_offset: 0, .. }));
         assert!(matches!(got[1].1, Pending::Gap { from: 5, to: 14 }));
         assert_eq!(budget.used(), 61);
+        drop(got);
+        lock(&sink.0).clear();
+        assert_eq!(budget.used(), 0, "a batch done with gives its budget back");
     }
 
     #[test]
@@ -635,7 +633,7 @@ mod tests {
         tx.complete(&response("t", 0, 0, 10));
         assert!(offsets(&sink).is_empty());
         cap.expire_transactions();
-        let got = lock(&sink.0).clone();
+        let got = lock(&sink.0);
         assert!(matches!(got[0].1, Pending::Gap { from: 10, to: 13 }));
     }
 

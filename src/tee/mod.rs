@@ -32,17 +32,23 @@ impl std::fmt::Display for TopicPartition {
 
 /// What the replicator must copy next for one partition, handed over in DC1 offset
 /// order.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Pending {
-    /// A batch DC1 acknowledged at `base_offset`, with the bytes the producer sent.
-    Batch { base_offset: i64, records: Bytes },
+    /// A batch DC1 acknowledged at `base_offset`, with the bytes the producer sent and
+    /// their share of the memory bound (given back when the item is done with).
+    Batch {
+        base_offset: i64,
+        records: Bytes,
+        reservation: Reservation,
+    },
     /// Offsets `from..=to` were acknowledged but not kept in memory (bound reached):
     /// they must be read back from DC1.
     Gap { from: i64, to: i64 },
 }
 
 /// The memory bound for batches waiting for DC2, shared by capture (which reserves)
-/// and the replicator (which releases once DC2 has a batch). When a reservation fails
+/// and the replicator (a batch's `Reservation` gives its bytes back when dropped, once DC2
+/// has it or it is turned into a gap or refused). When a reservation fails
 /// the batch becomes a `Pending::Gap`, to be read back from DC1 later.
 #[derive(Debug)]
 pub struct Budget {
@@ -58,18 +64,22 @@ impl Budget {
         }
     }
 
-    /// Takes `n` bytes from the budget, or returns false when that would pass the bound.
-    pub fn try_reserve(&self, n: usize) -> bool {
+    /// Takes `n` bytes from the budget, or None when that would pass the bound. The
+    /// bytes come back when the reservation is dropped.
+    pub fn try_reserve(self: &Arc<Self>, n: usize) -> Option<Reservation> {
         use std::sync::atomic::Ordering;
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 u.checked_add(n).filter(|&t| t <= self.max)
             })
-            .is_ok()
+            .ok()
+            .map(|_| Reservation {
+                budget: Some(self.clone()),
+                bytes: n,
+            })
     }
 
-    /// Returns `n` bytes taken by `try_reserve`.
-    pub fn release(&self, n: usize) {
+    fn release(&self, n: usize) {
         self.used.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
     }
 
@@ -79,5 +89,35 @@ impl Budget {
 
     pub fn max(&self) -> usize {
         self.max
+    }
+}
+
+/// Bytes taken from a [`Budget`] for one batch; given back exactly once, when it is
+/// dropped, whichever way the batch goes (copied, turned into a gap, refused).
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Option<Arc<Budget>>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// A batch that holds nothing of the budget (read back from DC1).
+    pub fn none() -> Self {
+        Self {
+            budget: None,
+            bytes: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(b) = self.budget.take() {
+            b.release(self.bytes);
+        }
     }
 }

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientConfig, ClientError, Cluster};
 use crate::config::{ClusterConfig, Config};
-use crate::tee::{Budget, Pending, TopicPartition};
+use crate::tee::{Pending, TopicPartition};
 use checkpoint::Checkpoint;
 pub use tier::GroupView;
 pub use topics::{COPIED_CONFIGS, TopicFilter, TopicStatus};
@@ -186,7 +186,6 @@ struct Shared {
     settings: Settings,
     dc1: Client,
     dc2: Client,
-    budget: Arc<Budget>,
     filter: TopicFilter,
     gates: topics::TopicGates,
     identity: IdentityCell,
@@ -263,12 +262,6 @@ impl Shared {
         senders.insert(broker, tx.clone());
         tx
     }
-
-    fn release(&self, item: &Pending) {
-        if let Pending::Batch { records, .. } = item {
-            self.budget.release(records.len());
-        }
-    }
 }
 
 /// The end (high watermark) of a partition, as the replicator reads it: from a
@@ -340,7 +333,7 @@ fn client_config(
 /// Starts the replicator: loads the checkpoint (if `state.dir` is set) and starts the
 /// checkpoint timer. Nothing connects yet; DC2 is reached on the first push, so a
 /// DC2 outage at start-up does not keep the proxy from serving.
-pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Replicator> {
+pub async fn start(config: &Config) -> anyhow::Result<Replicator> {
     anyhow::ensure!(
         config.replication_enabled(),
         "replication needs target.bootstrap (DC2 addresses)"
@@ -418,7 +411,6 @@ pub async fn start(config: &Config, budget: Arc<Budget>) -> anyhow::Result<Repli
         dc1: Client::new(client_config(Cluster::Dc1, &config.source, config)?),
         dc2: Client::new(client_config(Cluster::Dc2, &config.target, config)?),
         settings,
-        budget,
         filter,
         gates: topics::TopicGates::default(),
         identity,
@@ -672,18 +664,16 @@ impl ReplicatorHandle {
     /// dropped and their budget released.
     pub fn push(&self, tp: TopicPartition, item: Pending) {
         let sh = &self.shared;
+        // An item dropped here gives its budget back.
         if sh.closed.load(Ordering::Acquire) {
-            sh.release(&item);
             return;
         }
         if !sh.filter.wants(&tp.topic) {
             metrics::counter!("kafka_tee_filtered_items_total").increment(1);
-            sh.release(&item);
             return;
         }
         if !sh.owns(&tp) {
             metrics::counter!("kafka_tee_not_owned_items_total").increment(1);
-            sh.release(&item);
             return;
         }
         // DC1 acknowledged the item just now: replication latency counts from here.
@@ -692,14 +682,12 @@ impl ReplicatorHandle {
             // In a group, only the takeover starts workers; until it has, the
             // partition's worker reads these offsets back from DC1.
             match sh.workers.get(&tp) {
+                // A worker that stopped drops the item (and so its budget).
                 Some(tx) => {
-                    if let Err(mpsc::error::SendError((_, item))) = tx.send(item) {
-                        sh.release(&item);
-                    }
+                    let _ = tx.send(item);
                 }
                 None => {
                     metrics::counter!("kafka_tee_not_owned_items_total").increment(1);
-                    sh.release(&item.1);
                 }
             }
             return;
@@ -726,9 +714,7 @@ impl ReplicatorHandle {
                 tx
             }
         };
-        if let Err(mpsc::error::SendError((_, item))) = tx.send(item) {
-            sh.release(&item);
-        }
+        let _ = tx.send(item);
     }
 
     /// A worker of a partition this instance owns in a group, stopped by `revoke`.

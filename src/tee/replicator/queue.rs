@@ -12,6 +12,7 @@ pub(super) fn item_range(item: &Pending) -> (i64, i64) {
         Pending::Batch {
             base_offset,
             records,
+            ..
         } => (*base_offset, batch_last_offset(*base_offset, records)),
         Pending::Gap { from, to } => (*from, *to),
     }
@@ -26,8 +27,8 @@ pub(super) fn batch_last_offset(base_offset: i64, records: &bytes::Bytes) -> i64
     }
 }
 
-/// The queue of one partition. Batch bytes are counted so the owner can release their
-/// budget when it turns them into gaps or drops them.
+/// The queue of one partition. Batch bytes are counted (a batch's budget comes back
+/// when it is turned into a gap or dropped).
 #[derive(Debug, Default)]
 pub(super) struct PartitionQueue {
     items: VecDeque<Pending>,
@@ -91,7 +92,7 @@ impl PartitionQueue {
     }
 
     /// Turns every batch into a gap (to be read back from DC1 later), merging gaps.
-    /// Returns the number of batch bytes no longer held, for the memory budget.
+    /// Returns the number of batch bytes no longer held (their budget is given back).
     pub(super) fn batches_to_gaps(&mut self) -> usize {
         let mut released = 0;
         let old = std::mem::take(&mut self.items);
@@ -101,6 +102,7 @@ impl PartitionQueue {
                 Pending::Batch {
                     base_offset,
                     ref records,
+                    ..
                 } => {
                     released += records.len();
                     let last = batch_last_offset(base_offset, records);
@@ -115,7 +117,7 @@ impl PartitionQueue {
         released
     }
 
-    /// Drops everything, returning the batch bytes released.
+    /// Drops everything (giving the batches' budget back), returning their bytes.
     pub(super) fn clear(&mut self) -> usize {
         self.items.clear();
         std::mem::take(&mut self.bytes)
@@ -190,6 +192,7 @@ mod tests {
         q.push_back(Pending::Batch {
             base_offset: 22,
             records: batch(3),
+            reservation: crate::tee::Reservation::none(),
         });
         q.push_back(Pending::Gap { from: 25, to: 25 });
         assert_eq!(
@@ -219,22 +222,21 @@ mod tests {
     fn batches_become_one_gap() {
         let mut q = PartitionQueue::default();
         let b = batch(5);
-        q.push_back(Pending::Batch {
-            base_offset: 100,
+        let budget = std::sync::Arc::new(crate::tee::Budget::new(1 << 20));
+        let item = |base_offset| Pending::Batch {
+            base_offset,
             records: b.clone(),
-        });
+            reservation: budget.try_reserve(b.len()).expect("room"),
+        };
+        q.push_back(item(100));
         q.push_back(Pending::Gap { from: 105, to: 106 });
-        q.push_back(Pending::Batch {
-            base_offset: 107,
-            records: b.clone(),
-        });
+        q.push_back(item(107));
         // A hole (a transaction marker, say) keeps gaps apart.
-        q.push_back(Pending::Batch {
-            base_offset: 113,
-            records: b.clone(),
-        });
+        q.push_back(item(113));
         assert_eq!(q.batch_bytes(), 3 * b.len());
+        assert_eq!(budget.used(), 3 * b.len());
         assert_eq!(q.batches_to_gaps(), 3 * b.len());
+        assert_eq!(budget.used(), 0, "the batches' budget came back");
         assert_eq!(q.items(), vec![(true, 100, 111), (true, 113, 117)]);
         assert_eq!(q.batch_bytes(), 0);
         assert_eq!(q.clear(), 0);

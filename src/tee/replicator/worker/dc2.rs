@@ -48,15 +48,13 @@ impl Worker {
     /// Turns everything not yet in DC2 into gaps (read back from DC1 later) and frees
     /// its memory. Only called when nothing is awaiting an answer.
     pub(super) fn hold(&mut self) {
-        let mut released = 0;
+        // Each batch dropped here gives its budget back.
         let mut ranges = Vec::new();
         for r in self.window.drain() {
-            released += r.budget;
             ranges.push((r.first, r.last));
         }
         self.shrink_window(self.window_bytes);
         for r in self.ready.drain(..) {
-            released += r.budget;
             ranges.push((r.first, r.last));
         }
         if let Some(c) = self.catchup.take()
@@ -67,8 +65,7 @@ impl Worker {
         for (a, b) in ranges.into_iter().rev() {
             self.queue.push_front_gap(a, b);
         }
-        released += self.queue.batches_to_gaps();
-        self.sh.budget.release(released);
+        self.queue.batches_to_gaps();
         self.sent_upto = self.acked;
         self.catchup_retry_at = None;
         self.leader = None;

@@ -43,7 +43,7 @@ use super::window::{Action, Window};
 use super::{Identity, Shared, Snapshot};
 use crate::client::{Backoff, is_metadata_error};
 use crate::protocol::batch::RecordBatch;
-use crate::tee::{Pending, TopicPartition};
+use crate::tee::{Pending, Reservation, TopicPartition};
 
 /// How often the same kind of trouble is logged per partition at warn level.
 const WARN_EVERY: Duration = Duration::from_secs(30);
@@ -72,8 +72,9 @@ struct ReadyBatch {
     first: i64,
     last: i64,
     batch: RecordBatch,
-    /// Bytes reserved in the budget by the capture (0 for batches read from DC1).
-    budget: usize,
+    /// Its share of the memory budget, taken by the capture (none for batches read
+    /// from DC1); given back when the batch is dropped.
+    budget: Reservation,
     from_dc1: bool,
 }
 
@@ -643,17 +644,12 @@ impl Worker {
                 _ => {}
             }
         }
-        let mut released = self.queue.clear();
-        released += self.ready.drain(..).map(|r| r.budget).sum::<usize>();
-        released += self
-            .window
-            .drain()
-            .into_iter()
-            .map(|r| r.budget)
-            .sum::<usize>();
+        // Dropping the batches gives their budget back.
+        self.queue.clear();
+        self.ready.clear();
+        drop(self.window.drain());
         self.shrink_window(self.window_bytes);
         self.note_full(false);
-        self.sh.budget.release(released);
         if self.lag_reported != 0 {
             metrics::gauge!("kafka_tee_replication_lag_records", "topic" => self.tp.topic.to_string())
                 .decrement(self.lag_reported as f64);

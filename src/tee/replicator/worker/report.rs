@@ -19,8 +19,8 @@ impl Worker {
             _ => 0,
         };
         let pending = self.queue.batch_bytes()
-            + self.ready.iter().map(|r| r.budget).sum::<usize>()
-            + self.window.items().map(|r| r.budget).sum::<usize>();
+            + self.ready.iter().map(|r| r.budget.bytes()).sum::<usize>()
+            + self.window.items().map(|r| r.budget.bytes()).sum::<usize>();
         let state = match (&self.status, &self.trouble) {
             (Some(TopicStatus::Mismatch { dc1, dc2 }), _) => {
                 format!("held: partition counts differ (DC1 {dc1}, DC2 {dc2})")
@@ -77,7 +77,8 @@ impl Worker {
         metrics::histogram!("kafka_tee_replication_latency_seconds").record(latency.as_secs_f64());
         let _ = seq;
         self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
-        self.sh.budget.release(ready.budget);
+        // In DC2: its budget comes back now, before waiters hear of the progress.
+        drop(ready.budget);
         metrics::counter!("kafka_tee_replicated_batches_total").increment(1);
         metrics::counter!("kafka_tee_replicated_records_total")
             .increment(ready.batch.record_count().max(0) as u64);
@@ -155,7 +156,7 @@ impl Worker {
         metrics::counter!("kafka_tee_dropped_batches_total", "code" => code.clone()).increment(1);
         metrics::counter!("kafka_tee_dropped_records_total", "code" => code)
             .increment(ready.batch.record_count().max(0) as u64);
-        self.sh.budget.release(ready.budget);
+        drop(ready.budget);
         if at_front {
             self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
             self.publish();

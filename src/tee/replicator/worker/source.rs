@@ -12,7 +12,7 @@ use super::super::tail::partition_end;
 use super::{FOLLOW_MAX, NextBatch, ReadyBatch, Worker};
 use crate::client::IsolationLevel;
 use crate::protocol::batch::RecordBatch;
-use crate::tee::Pending;
+use crate::tee::{Pending, Reservation};
 
 impl Worker {
     /// Queues the offsets DC1 acknowledged after the checkpoint (up to its high
@@ -114,8 +114,8 @@ impl Worker {
             self.arrive(last, at, bytes);
         }
         match item {
-            Pending::Batch { records, .. } if self.is_held() => {
-                self.sh.budget.release(records.len());
+            // Held: the batch (and its budget) goes; DC1 is read instead.
+            Pending::Batch { .. } if self.is_held() => {
                 self.queue.push_back(Pending::Gap {
                     from: first,
                     to: last,
@@ -171,7 +171,7 @@ impl Worker {
                                 first,
                                 last,
                                 batch: b,
-                                budget: 0,
+                                budget: Reservation::none(),
                                 from_dc1: true,
                             });
                         }
@@ -213,8 +213,8 @@ impl Worker {
                 Some(Pending::Batch {
                     base_offset,
                     records,
+                    reservation,
                 }) => {
-                    let len = records.len();
                     let batch = match RecordBatch::parse(records) {
                         Ok(b) => b,
                         Err(e) => {
@@ -223,20 +223,18 @@ impl Worker {
                                 "cannot replicate a batch DC1 acknowledged: it is not a valid record batch"
                             );
                             metrics::counter!("kafka_tee_invalid_batches_total").increment(1);
-                            self.sh.budget.release(len);
                             continue;
                         }
                     };
                     let last = base_offset.saturating_add(i64::from(batch.last_offset_delta()));
                     if self.sent_upto.is_some_and(|s| last <= s) {
-                        self.sh.budget.release(len);
                         continue;
                     }
                     return NextBatch::Ready(ReadyBatch {
                         first: base_offset,
                         last,
                         batch,
-                        budget: len,
+                        budget: reservation,
                         from_dc1: false,
                     });
                 }
