@@ -1,6 +1,9 @@
 //! The proxy proper: client sessions, DC1 broker routing and response rewrites.
 
-mod large;
+mod context;
+mod plan;
+mod request;
+mod response;
 pub mod rewrite;
 pub mod routing;
 pub mod session;

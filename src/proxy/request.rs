@@ -1,28 +1,109 @@
-//! Large frames in a session: those the proxy need not read have their body spliced
-//! between the sockets (see `crate::net::splice`); the others are read whole.
-//!
-//! The codec hands out a frame's head once `HEAD_BYTES` of a frame of at least
-//! `proxy.splice_min_bytes` have arrived; the functions here finish that frame before
-//! the session reads the next one.
+//! The request half of a session: reads each client frame, plans its response
+//! (`super::plan`), queues the plan in the in-flight FIFO and forwards the frame to
+//! DC1. A large frame the proxy need not read has its body spliced between the
+//! sockets (see `crate::net::splice`); one it must read is read whole. The codec hands
+//! out a frame's head once `HEAD_BYTES` of a frame of at least `proxy.splice_min_bytes`
+//! have arrived; the functions here finish that frame before the next is read.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_util::codec::FramedRead;
 
-use super::rewrite;
-use super::session::{
-    Action, ResponsePlan, SessionContext, SessionError, count_request, plan_response,
+use super::context::{SessionContext, SessionError};
+use super::plan::{
+    Action, ResponsePlan, count_request, count_spliced, has_complete_frame, plan_response,
 };
-use crate::net::splice::{Moved, TcpHalf, both_tcp, forward_body};
+use crate::net::splice::{TcpHalf, both_tcp, forward_body};
 use crate::net::tee::TeePipes;
 use crate::protocol::produce::produce_acks;
 use crate::protocol::{
-    FrameCodec, FrameError, peek_request_header, read_rest, skip_rest, write_frame_head,
+    Frame, FrameCodec, peek_request_header, read_rest, write_frame, write_frame_head,
 };
+
+pub(super) async fn forward_requests<R, W>(
+    mut frames: FramedRead<R, FrameCodec>,
+    mut upstream: BufWriter<W>,
+    fifo: mpsc::Sender<ResponsePlan>,
+    ctx: &SessionContext,
+    addr: &str,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + TcpHalf + Unpin,
+    W: AsyncWrite + TcpHalf + Unpin,
+{
+    let idle = Duration::from_millis(ctx.config.proxy.idle_timeout_ms);
+    let stalled = Duration::from_millis(ctx.config.proxy.frame_read_timeout_ms);
+    let up_err = |e: std::io::Error| SessionError::Upstream {
+        addr: addr.to_owned(),
+        message: format!("write failed: {e}"),
+    };
+    // Wake up every `tick` to check for a stalled partial frame (no new byte for a
+    // whole tick) and for idleness; `frames.next()` is cancel-safe, so waking loses
+    // nothing.
+    let tick = stalled.min(idle);
+    let mut last_frame = Instant::now();
+    let mut partial_len: Option<usize> = None;
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(tick, frames.next()) => match r {
+                Err(_) => {
+                    let buffered = frames.read_buffer().len();
+                    if buffered > 0 {
+                        if partial_len == Some(buffered) {
+                            return Err(SessionError::Client(format!(
+                                "request bytes stopped arriving mid-frame for {tick:?}, closing"
+                            )));
+                        }
+                        partial_len = Some(buffered);
+                    } else if last_frame.elapsed() >= idle && fifo.capacity() == fifo.max_capacity() {
+                        return Err(SessionError::Client(format!("idle for {idle:?}, closing")));
+                    }
+                    continue;
+                }
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(SessionError::ClientFrame(e)),
+                Ok(Some(Ok(f))) => f,
+            },
+        };
+        last_frame = Instant::now();
+        partial_len = None;
+        let frame = match item {
+            Frame::Whole(frame) => frame,
+            Frame::Head { size, head } => {
+                let head = LargeRequest { size, head };
+                match forward_head(&mut frames, &mut upstream, &fifo, head, ctx, addr).await? {
+                    Forwarded::Spliced => continue,
+                    Forwarded::Closing => return Ok(()),
+                    Forwarded::Read(frame) => frame,
+                }
+            }
+        };
+        let Some(peek) = peek_request_header(&frame) else {
+            return Err(SessionError::Client(format!(
+                "request of {} bytes is shorter than a header",
+                frame.len()
+            )));
+        };
+        count_request(&peek, frame.len());
+        let (frame, inflight) = plan_response(frame, &peek, ctx)?;
+        // Enqueued before the frame goes out, so the response half always finds it.
+        if fifo.send(inflight).await.is_err() {
+            return Ok(());
+        }
+        write_frame(&mut upstream, &frame).await.map_err(up_err)?;
+        // Pipelined requests already read share one write; otherwise send now.
+        if !has_complete_frame(frames.read_buffer()) {
+            upstream.flush().await.map_err(up_err)?;
+        }
+    }
+}
 
 /// The first bytes of a large request, the rest still in the socket.
 pub(super) struct LargeRequest {
@@ -107,7 +188,7 @@ fn write_failed(addr: &str, e: std::io::Error) -> SessionError {
 
 /// Whether a large request is a Produce the tee must read that can still be spliced
 /// to DC1 (see `crate::net::tee`): acks=0 requests are rewritten, so they are read.
-fn tees(head: &Bytes, ctx: &SessionContext) -> bool {
+pub(super) fn tees(head: &Bytes, ctx: &SessionContext) -> bool {
     ctx.capture.is_some()
         && ctx.config.proxy.tee_splice
         && peek_request_header(head).and_then(|p| p.key()) == Some(ApiKey::Produce)
@@ -171,7 +252,7 @@ where
 }
 
 /// What the response to a large request will need when the proxy can forward the
-/// request's body without reading it (see `classify`); `None` when it must read it.
+/// request's body without reading it (see `plan_response`); `None` when it must read it.
 fn splice_action(head: &Bytes, ctx: &SessionContext) -> Option<Action> {
     match peek_request_header(head)?.key() {
         // acks=0 must be rewritten, and the tee reads the batches.
@@ -182,55 +263,4 @@ fn splice_action(head: &Bytes, ctx: &SessionContext) -> Option<Action> {
         Some(ApiKey::Produce | ApiKey::EndTxn) => None,
         _ => Some(Action::Forward),
     }
-}
-
-/// Writes a large response that passes untouched, its body spliced from DC1 to the
-/// client. A client that went away is returned as its error; the rest of the response
-/// is then read and dropped, so the answers after it are read in step.
-pub(super) async fn splice_response<R, W>(
-    frames: &mut FramedRead<R, FrameCodec>,
-    client: &mut BufWriter<W>,
-    size: usize,
-    head: Bytes,
-    stall: Duration,
-) -> Result<Option<std::io::Error>, FrameError>
-where
-    R: AsyncRead + TcpHalf + Unpin,
-    W: AsyncWrite + TcpHalf + Unpin,
-{
-    let rest = size - head.len();
-    let sent = match write_frame_head(client, size, &head).await {
-        Ok(()) => client.flush().await,
-        Err(e) => Err(e),
-    };
-    let (error, unread) = match sent {
-        Err(e) => (e, rest),
-        Ok(()) => match forward_body(frames.get_mut(), client.get_mut(), rest, stall).await {
-            Ok(moved) => {
-                count_spliced(moved, "response");
-                return Ok(None);
-            }
-            Err(e) => e.sink_failure()?,
-        },
-    };
-    skip_rest(frames.get_mut(), unread, stall).await?;
-    Ok(Some(error))
-}
-
-/// Counts bytes that [`forward_body`] spliced.
-fn count_spliced(moved: Moved, direction: &'static str) {
-    if let Moved::Spliced(n) = moved {
-        metrics::counter!("kafka_tee_spliced_bytes_total", "direction" => direction)
-            .increment(n as u64);
-    }
-}
-
-/// Whether a response goes to the client exactly as DC1 sent it, so its body need
-/// not be read (see `process_response`).
-pub(super) fn passes_untouched(entry: &ResponsePlan) -> bool {
-    !entry.swallow
-        && matches!(entry.action, Action::Forward)
-        && entry
-            .key
-            .is_none_or(|k| !rewrite::needs_rewrite(k, entry.version))
 }
