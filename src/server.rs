@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, parse_addr};
-use crate::net::Acceptor;
 use crate::net::tls::{ServerTls, ServerTlsFiles};
+use crate::proxy::listener::Acceptor;
 use crate::proxy::session::SessionContext;
 use crate::proxy::{Router, Upstream};
 use crate::tee::Budget;
@@ -80,6 +80,7 @@ pub async fn run(
         .proxy
         .first_broker_port
         .unwrap_or_else(|| local.port().saturating_add(1));
+    let (new_listeners, mut listeners_rx) = tokio::sync::mpsc::unbounded_channel();
     let router = match &config.tls.sni_domain {
         Some(domain) => Router::with_sni(local.ip(), domain.clone(), local.port()),
         None => Router::new(
@@ -88,7 +89,8 @@ pub async fn run(
             first_port,
             config.proxy.broker_ports.clone(),
         ),
-    };
+    }
+    .with_listeners(new_listeners);
     let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
     // Installed before anything records: a restart's catch-up starts within
     // milliseconds, and what it counts before the recorder exists is lost.
@@ -132,22 +134,31 @@ pub async fn run(
         handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
     };
     {
+        // Broker listeners the router binds as brokers appear in metadata.
         let acceptor = acceptor.clone();
-        let handle = tokio::runtime::Handle::current();
-        router.set_spawner(Box::new(move |id, std_listener| {
-            let _guard = handle.enter();
-            let listener = std_listener
-                .set_nonblocking(true)
-                .and_then(|_| TcpListener::from_std(std_listener));
-            match listener {
-                Ok(l) => {
-                    acceptor
-                        .tracker
-                        .spawn(acceptor.clone().run(l, Upstream::Broker(id)));
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                let (id, std_listener) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = listeners_rx.recv() => match next {
+                        Some(x) => x,
+                        None => return,
+                    },
+                };
+                let listener = std_listener
+                    .set_nonblocking(true)
+                    .and_then(|_| TcpListener::from_std(std_listener));
+                match listener {
+                    Ok(l) => {
+                        acceptor
+                            .tracker
+                            .spawn(acceptor.clone().run(l, Upstream::Broker(id)));
+                    }
+                    Err(e) => tracing::error!(broker = id.0, "cannot start broker listener: {e}"),
                 }
-                Err(e) => tracing::error!(broker = id.0, "cannot start broker listener: {e}"),
             }
-        }));
+        });
     }
     let admin = match admin_metrics {
         Some((listen, metrics)) => Some(start_admin(listen, &status, metrics).await?),

@@ -1,6 +1,8 @@
-//! The proxy proper: client sessions, DC1 broker routing and response rewrites.
+//! The proxy proper: listeners, client sessions, DC1 broker routing and response
+//! rewrites.
 
 mod context;
+pub mod listener;
 mod plan;
 mod request;
 mod response;

@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
 
 /// A DC1 broker's node id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,8 +36,8 @@ struct Route {
     proxy_port: u16,
 }
 
-/// Called with each newly bound per-broker listener, to start accepting on it.
-pub type ListenerSpawner = Box<dyn Fn(BrokerId, std::net::TcpListener) + Send + Sync>;
+/// Each newly bound per-broker listener, for the server to start accepting on.
+pub type NewListener = (BrokerId, std::net::TcpListener);
 
 pub struct Router {
     bind_ip: IpAddr,
@@ -44,7 +46,8 @@ pub struct Router {
     /// SNI routing: (domain, the one port every broker shares).
     sni: Option<(String, u16)>,
     routes: Mutex<RouteTable>,
-    spawner: OnceLock<ListenerSpawner>,
+    /// Where new broker listeners go (None: they are only bound, as in tests).
+    listeners: Option<mpsc::UnboundedSender<NewListener>>,
 }
 
 struct RouteTable {
@@ -80,8 +83,20 @@ impl Router {
                 by_id: BTreeMap::new(),
                 next_port: u32::from(first_broker_port),
             }),
-            spawner: OnceLock::new(),
+            listeners: None,
         })
+    }
+
+    /// The router, sending every broker listener it binds to `listeners`. Called while
+    /// the router is being built, before it is shared.
+    pub fn with_listeners(
+        mut self: Arc<Self>,
+        listeners: mpsc::UnboundedSender<NewListener>,
+    ) -> Arc<Self> {
+        if let Some(r) = Arc::get_mut(&mut self) {
+            r.listeners = Some(listeners);
+        }
+        self
     }
 
     /// A router that tells brokers apart by TLS server name: `broker-<id>.<domain>`,
@@ -122,11 +137,6 @@ impl Router {
     /// Whether brokers are routed by TLS server name.
     pub fn sni_routing(&self) -> bool {
         self.sni.is_some()
-    }
-
-    /// Installs the function that starts accepting on new broker listeners.
-    pub fn set_spawner(&self, spawner: ListenerSpawner) {
-        let _ = self.spawner.set(spawner);
     }
 
     pub fn advertised_host(&self) -> &str {
@@ -201,9 +211,13 @@ impl Router {
         );
         drop(table);
         tracing::info!(broker = id.0, %upstream, port, "broker listener opened");
-        match self.spawner.get() {
-            Some(spawn) => spawn(id, listener),
-            None => tracing::warn!(broker = id.0, "no listener spawner installed"),
+        match &self.listeners {
+            Some(tx) => {
+                if tx.send((id, listener)).is_err() {
+                    tracing::debug!(broker = id.0, "broker listener not started: shutting down");
+                }
+            }
+            None => tracing::warn!(broker = id.0, "no one starts broker listeners"),
         }
         Ok(port)
     }
