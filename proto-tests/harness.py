@@ -9,6 +9,7 @@ can run before the client libraries are installed.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import random
 import signal
@@ -219,25 +220,41 @@ def tansu_env() -> dict[str, str]:
     return env
 
 
-def start_tansu(name: str, log_dir: Path, timeout: float = 30.0) -> Broker:
-    """Starts a memory-backed Tansu broker for cluster `name` and waits until it answers
-    a metadata request."""
-    port = free_port()
+def start_tansu(name: str, log_dir: Path, timeout: float = 30.0, port: int | None = None,
+                advertised_port: int | None = None) -> Broker:
+    """Starts a memory-backed Tansu broker for cluster `name` (on a free port unless
+    `port` is given) and waits until it answers. With `advertised_port` (e.g. a relay
+    in front of it) its metadata names that port instead, so readiness is an
+    ApiVersions answer on its own port; otherwise a metadata answer."""
+    own_log = port is None
+    port = free_port() if port is None else port
     url = f"tcp://{HOST}:{port}"
+    adv = f"tcp://{HOST}:{advertised_port or port}"
     argv = [
         tansu_bin(), "broker",
         "--cluster-id", name,
         "--listener-url", url,
-        "--advertised-listener-url", url,
+        "--advertised-listener-url", adv,
         "--storage-engine", f"memory://{name}/",
     ]
-    proc = Proc(f"tansu-{name}", argv, log_dir / f"tansu-{name}.log").start(env=tansu_env())
+    log = log_dir / (f"tansu-{name}.log" if own_log else f"tansu-{name}-{port}.log")
+    proc = Proc(f"tansu-{name}", argv, log).start(env=tansu_env())
+
+    def answers() -> None:
+        if advertised_port in (None, port):
+            metadata_brokers(f"{HOST}:{port}", timeout=3)
+            return
+        with socket.create_connection((HOST, port), timeout=3) as s:
+            s.sendall(api_versions_v0(1))
+            s.settimeout(3)
+            recv_frame(s)
+
     try:
         wait_for_port(port, timeout, proc)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                metadata_brokers(f"{HOST}:{port}", timeout=3)
+                answers()
                 break
             except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -456,10 +473,13 @@ class ProduceResult:
     errors: list[str] = field(default_factory=list)
 
 
-def produce_confluent(bootstrap: str, topic: str, records: Iterable[Rec],
-                      timeout: float = 60, **conf) -> ProduceResult:
-    """Produces with confluent-kafka; returns the records with their partition and
-    offset, in delivery-report order (per partition, that is offset order)."""
+def produce_confluent(bootstrap: str, topic: str, records: Iterable,
+                      timeout: float = 60, before_close=None, **conf) -> ProduceResult:
+    """Produces with confluent-kafka; returns the records (`Rec`, or any record
+    dataclass with partition and offset fields, and optionally a timestamp) with their
+    partition and offset, in delivery-report order (per partition, that is offset
+    order; -1 when the producer does not learn it, acks=0). `before_close()` runs after
+    the flush, while the producer's connections are still open."""
     from confluent_kafka import Producer
 
     conf.setdefault("linger.ms", 5)
@@ -470,13 +490,15 @@ def produce_confluent(bootstrap: str, topic: str, records: Iterable[Rec],
         if err is not None:
             res.errors.append(f"{rec.key!r}: {err}")
         else:
-            res.acked.append(Rec(rec.key, rec.value, rec.headers, msg.partition(),
-                                 msg.offset()))
+            res.acked.append(dataclasses.replace(rec, partition=msg.partition(),
+                                                 offset=msg.offset()))
 
     for rec in records:
         kwargs = {}
         if rec.partition is not None:
             kwargs["partition"] = rec.partition
+        if getattr(rec, "timestamp", None) is not None:
+            kwargs["timestamp"] = rec.timestamp
         while True:
             try:
                 p.produce(topic, key=rec.key, value=rec.value, headers=list(rec.headers),
@@ -489,6 +511,9 @@ def produce_confluent(bootstrap: str, topic: str, records: Iterable[Rec],
     remaining = p.flush(timeout)
     if remaining:
         res.errors.append(f"{remaining} messages still in queue after {timeout}s")
+    if before_close is not None:
+        before_close()
+    del p
     return res
 
 
@@ -562,8 +587,9 @@ def consume_confluent(bootstrap: str, topic: str, expected: int | None = None,
 # -------------------------------------------------------------- kafka-python client
 
 
-def produce_kafka_python(bootstrap: str, topic: str, records: Iterable[Rec],
-                         timeout: float = 60, **conf) -> ProduceResult:
+def produce_kafka_python(bootstrap: str, topic: str, records: Iterable,
+                         timeout: float = 60, before_close=None, **conf) -> ProduceResult:
+    """Like produce_confluent, with kafka-python's KafkaProducer."""
     from kafka import KafkaProducer
 
     conf.setdefault("linger_ms", 5)
@@ -573,7 +599,8 @@ def produce_kafka_python(bootstrap: str, topic: str, records: Iterable[Rec],
     try:
         for rec in records:
             fut = p.send(topic, key=rec.key, value=rec.value, headers=list(rec.headers),
-                         partition=rec.partition)
+                         partition=rec.partition,
+                         timestamp_ms=getattr(rec, "timestamp", None))
             futures.append((rec, fut))
         p.flush(timeout=timeout)
         for rec, fut in futures:
@@ -582,7 +609,10 @@ def produce_kafka_python(bootstrap: str, topic: str, records: Iterable[Rec],
             except Exception as e:  # noqa: BLE001 - reported to the test
                 res.errors.append(f"{rec.key!r}: {e!r}")
                 continue
-            res.acked.append(Rec(rec.key, rec.value, rec.headers, md.partition, md.offset))
+            res.acked.append(dataclasses.replace(rec, partition=md.partition,
+                                                 offset=md.offset))
+        if before_close is not None:
+            before_close()
     finally:
         p.close(timeout=10)
     return res

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -60,97 +60,17 @@ def make_trecords(n: int, tag: str, partitions: int | None = None,
     return out
 
 
-def _norm_headers(headers) -> tuple[tuple[str, bytes], ...]:
-    if not headers:
-        return ()
-    return tuple((k if isinstance(k, str) else k.decode(), v if v is not None else b"")
-                 for k, v in headers)
-
-
-def by_partition(recs: Iterable[TRec]) -> dict[int, list[TRec]]:
-    out: dict[int, list[TRec]] = {}
-    for r in recs:
-        out.setdefault(r.partition, []).append(r)
-    return out
+_norm_headers = harness._norm_headers
+by_partition = harness.by_partition
 
 
 # -------------------------------------------------------------------- producing
 
 
-@dataclass
-class Produced:
-    acked: list[TRec] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-def produce_confluent(bootstrap: str, topic: str, records: Sequence[TRec],
-                      timeout: float = 60, before_close=None, **conf) -> Produced:
-    """confluent-kafka producer; acked records carry partition and offset (-1 when the
-    producer does not learn them, acks=0). `before_close()` runs after the flush, while
-    the producer's connections are still open."""
-    from confluent_kafka import Producer
-
-    conf.setdefault("linger.ms", 5)
-    p = Producer(harness.confluent_conf(bootstrap, **conf))
-    out = Produced()
-
-    def report(err, msg, rec):
-        if err is not None:
-            out.errors.append(f"{rec.key!r}: {err}")
-        else:
-            out.acked.append(TRec(rec.key, rec.value, rec.headers, rec.timestamp,
-                                  msg.partition(), msg.offset()))
-
-    for rec in records:
-        kwargs = {}
-        if rec.partition is not None:
-            kwargs["partition"] = rec.partition
-        if rec.timestamp is not None:
-            kwargs["timestamp"] = rec.timestamp
-        while True:
-            try:
-                p.produce(topic, key=rec.key, value=rec.value, headers=list(rec.headers),
-                          on_delivery=lambda e, m, r=rec: report(e, m, r), **kwargs)
-                break
-            except BufferError:
-                p.poll(0.1)
-        p.poll(0)
-    left = p.flush(timeout)
-    if left:
-        out.errors.append(f"{left} records still queued after {timeout}s")
-    if before_close is not None:
-        before_close()
-    del p
-    return out
-
-
-def produce_kafka_python(bootstrap: str, topic: str, records: Sequence[TRec],
-                         timeout: float = 60, before_close=None, **conf) -> Produced:
-    from kafka import KafkaProducer
-
-    conf.setdefault("linger_ms", 5)
-    p = KafkaProducer(bootstrap_servers=bootstrap, **conf)
-    out = Produced()
-    futures = []
-    try:
-        for rec in records:
-            futures.append((rec, p.send(topic, key=rec.key, value=rec.value,
-                                        headers=list(rec.headers), partition=rec.partition,
-                                        timestamp_ms=rec.timestamp)))
-        p.flush(timeout=timeout)
-        for rec, fut in futures:
-            try:
-                md = fut.get(timeout=timeout)
-            except Exception as e:  # noqa: BLE001 - reported to the test
-                out.errors.append(f"{rec.key!r}: {e!r}")
-                continue
-            out.acked.append(TRec(rec.key, rec.value, rec.headers, rec.timestamp,
-                                  md.partition, md.offset))
-        if before_close is not None:
-            before_close()
-    finally:
-        p.close(timeout=10)
-    return out
+# TRec carries a timestamp, which harness's producers send when it is set.
+Produced = harness.ProduceResult
+produce_confluent = harness.produce_confluent
+produce_kafka_python = harness.produce_kafka_python
 
 
 def produce_transaction_mix(bootstrap: str, topic: str, partitions: int = 2,
@@ -629,34 +549,9 @@ class LoadProducer:
 def start_tansu_at(name: str, log_dir: Path, port: int, advertised_port: int | None = None,
                    timeout: float = 30.0) -> harness.Broker:
     """A memory-backed Tansu broker listening on `port` and advertising
-    `advertised_port` (e.g. a relay in front of it) in its metadata. Ready once it
-    answers ApiVersions on its own port."""
-    import socket
-
-    url = f"tcp://{HOST}:{port}"
-    adv = f"tcp://{HOST}:{advertised_port or port}"
-    argv = [harness.tansu_bin(), "broker", "--cluster-id", name, "--listener-url", url,
-            "--advertised-listener-url", adv, "--storage-engine", f"memory://{name}/"]
-    proc = harness.Proc(f"tansu-{name}", argv, log_dir / f"tansu-{name}-{port}.log")
-    proc.start(env=harness.tansu_env())
-    try:
-        harness.wait_for_port(port, timeout, proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection((HOST, port), timeout=3) as s:
-                    s.sendall(harness.api_versions_v0(1))
-                    s.settimeout(3)
-                    harness.recv_frame(s)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    except BaseException:
-        proc.kill()
-        raise
-    return harness.Broker(name, port, proc)
+    `advertised_port` (e.g. a relay in front of it) in its metadata."""
+    return harness.start_tansu(name, log_dir, timeout, port=port,
+                               advertised_port=advertised_port)
 
 
 def register(request, proc: harness.Proc) -> None:
