@@ -242,6 +242,9 @@ class Watch:
 
     def _cpu(self):
         per = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        # A process that has ended (the producer) keeps its last reading.
+        last = self.cpu[-1][1] if self.cpu else {}
+        per = {k: last.get(k) if v is None else v for k, v in per.items()}
         self.cpu.append((self.now(), {k: v for k, v in per.items() if v is not None},
                          own_cpu(), e2e.busy_cores_seconds()))
 
@@ -251,8 +254,10 @@ class Watch:
         script)."""
         if len(self.cpu) < 2:
             return None
-        a = min(self.cpu, key=lambda c: (len(c[1]) < len(self.cpu[-1][1]), abs(c[0] - t0)))
         b = min(self.cpu, key=lambda c: abs(c[0] - t1))
+        # The first sample after the start that reads every process the last one reads.
+        a = min((c for c in self.cpu if c[1].keys() >= b[1].keys()),
+                key=lambda c: abs(c[0] - t0), default=self.cpu[0])
         span = b[0] - a[0]
         if span <= 0.5:
             return None
@@ -681,9 +686,18 @@ def main() -> int:
                         f"{fmt(r['catch_up_x_live'], '.2f')}x live, caught up after "
                         f"{fmt(r['caught_up_after_s'], '.1f', none='never')} s")
             log(msg)
+            write(args, binaries, results, busy0, mine0, t0)
     except KeyboardInterrupt as e:
         log(f"interrupted ({e})")
         return 130
+    print(write(args, binaries, results, busy0, mine0, t0))
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+def write(args, binaries, results, busy0: float, mine0: float, t0: float) -> str:
+    """Writes the results so far (after every case, so an interrupted run keeps them);
+    returns the Markdown."""
     wall = time.monotonic() - t0
     foreign = max(0.0, (e2e.busy_cores_seconds() - busy0) - (e2e.children_cpu() - mine0))
     machine = e2e.machine()
@@ -695,9 +709,7 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     md = table(result)
     args.out.with_suffix(".md").write_text(md + "\n")
-    print(md)
-    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
-    return 0
+    return md
 
 
 if __name__ == "__main__":
