@@ -573,20 +573,26 @@ def lscpu_model() -> str | None:
                  if ln.startswith("Model name:")), None)
 
 
-def wait_quiet(cores: float, longest: float) -> dict:
-    """Waits until no pytest process runs and the machine's busy cores over 3 s are
-    below `cores` (at most `longest` s); returns what it saw last."""
+def wait_quiet(cores: float, longest: float, settle: float = 30.0) -> dict:
+    """Waits until, for `settle` s on end, no pytest process runs and the machine's busy
+    cores (over each 3 s) stay below `cores`; at most `longest` s. Returns what it saw
+    last."""
     deadline = time.monotonic() + longest
+    quiet_since = None
     while True:
         pytest = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True,
                                 text=True).stdout.split()
         b0, t0 = e2e.busy_cores_seconds(), time.monotonic()
         time.sleep(3)
         busy = (e2e.busy_cores_seconds() - b0) / (time.monotonic() - t0)
+        now = time.monotonic()
+        quiet = not pytest and busy < cores
+        quiet_since = (quiet_since or t0) if quiet else None
         seen = {"busy_cores": round(busy, 2), "pytest_pids": len(pytest),
-                "loadavg_1m": os.getloadavg()[0]}
-        if (not pytest and busy < cores) or time.monotonic() > deadline:
-            seen["quiet"] = not pytest and busy < cores
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+                "quiet_for_s": round(now - quiet_since, 1) if quiet_since else 0.0}
+        if (quiet_since and now - quiet_since >= settle) or now > deadline:
+            seen["quiet"] = bool(quiet_since and now - quiet_since >= settle)
             log(f"machine before the case: {seen}")
             return seen
 
@@ -614,10 +620,12 @@ def main() -> int:
     ap.add_argument("--no-sweep", action="store_true", help="skip the round-trip sweep")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each catch-up case")
     ap.add_argument("--quiet-cores", type=float, default=0.0,
-                    help="before each case, wait until no pytest runs and the machine's "
-                         "busy cores over 3 s are below this (0: do not wait)")
+                    help="before each case, wait until for 30 s no pytest runs and the "
+                         "machine's busy cores over 3 s stay below this (0: do not wait)")
     ap.add_argument("--quiet-wait", type=float, default=900.0,
                     help="longest wait for a quiet machine before a case, s")
+    ap.add_argument("--start-before", metavar="HH:MM",
+                    help="start no case at or after this time of day (UTC)")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--quick", action="store_true", help="short smoke test")
     ap.add_argument("--out", type=Path, default=RESULTS / "longlink-latest.json")
@@ -674,6 +682,9 @@ def main() -> int:
     try:
         for case, outage in cases:
             quiet = wait_quiet(args.quiet_cores, args.quiet_wait) if args.quiet_cores else None
+            if args.start_before and time.strftime("%H:%M", time.gmtime()) >= args.start_before:
+                log(f"{args.start_before} UTC has passed; the remaining cases are not run")
+                break
             r = bench.run(case, outage)
             r["machine_before"] = quiet
             results.append(r)
