@@ -211,22 +211,28 @@ def build(skip: bool) -> tuple[Path, Path]:
     if not skip:
         log("cargo build --release --bin kafka-tee")
         sh(["cargo", "build", "--release", "--bin", "kafka-tee"], cwd=REPO)
-    log("cargo bench --bench loadgen --no-run")
+    loadgen = bench_binary("loadgen")
+    if loadgen is None or not kt.is_file():
+        raise RuntimeError("build did not produce the kafka-tee and loadgen binaries")
+    return kt, loadgen
+
+
+def bench_binary(name: str) -> Path | None:
+    """Builds the bench target `name` (`cargo bench --no-run`); returns its executable."""
+    log(f"cargo bench --bench {name} --no-run")
     out = subprocess.run(
-        ["cargo", "bench", "--bench", "loadgen", "--no-run", "--message-format=json"],
+        ["cargo", "bench", "--bench", name, "--no-run", "--message-format=json"],
         cwd=REPO, check=True, text=True, stdout=subprocess.PIPE)
-    loadgen = None
+    found = None
     for line in out.stdout.splitlines():
         try:
             msg = json.loads(line)
         except json.JSONDecodeError:
             continue
         if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
-                msg.get("target", {}).get("name") == "loadgen":
-            loadgen = Path(msg["executable"])
-    if loadgen is None or not kt.is_file():
-        raise RuntimeError("build did not produce the kafka-tee and loadgen binaries")
-    return kt, loadgen
+                msg.get("target", {}).get("name") == name:
+            found = Path(msg["executable"])
+    return found
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int | None:

@@ -8,6 +8,10 @@
 //! it stores is appended to its log with offsets and served by Fetch, as a broker's
 //! tail is. Scripted actions inject errors and lost connections. As DC1 it serves a
 //! log whose start can be moved, as retention would.
+//!
+//! For long benchmarks (benches/dc2_double.rs) it can leave batches untagged and keep
+//! only the newest bytes of each partition (`untagged`, `retain_bytes`); both are off
+//! by default.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -73,17 +77,62 @@ pub struct State {
     pub unlisted: HashMap<(String, i32, i64), u32>,
     /// Stored batches still to be written without an answer (see `WriteSilently`).
     silent: u32,
+    /// Batches are not read for their tag and not listed in `stored`: scripts and
+    /// `always` do not apply. For long runs, where neither is used.
+    pub untagged: bool,
+    /// Keep only about this many of the newest bytes per partition in `log` (at least
+    /// this many, and the batch that crosses it; trimmed once a quarter more has
+    /// accumulated). Offsets keep counting; the partition's log start moves to the
+    /// first batch kept, as retention moves it. None: keep everything.
+    pub retain_bytes: Option<usize>,
+    /// Per partition, the log start set by `retain_bytes` (`log_start` is the floor).
+    trimmed_start: HashMap<(String, i32), i64>,
+    /// Per partition, the bytes `log` holds (kept only with `retain_bytes`).
+    log_bytes: HashMap<(String, i32), usize>,
 }
 
 impl State {
+    /// A double with no topics; producer ids it hands out start at 1000.
+    pub fn new() -> Self {
+        State {
+            next_pid: 1000,
+            ..State::default()
+        }
+    }
+
     /// Appends a batch to the DC1 log, setting its base offset.
     pub fn append(&mut self, topic: &str, partition: i32, batch: &Bytes) -> i64 {
-        let log = self.log.entry((topic.to_string(), partition)).or_default();
+        let key = (topic.to_string(), partition);
+        let log = self.log.entry(key.clone()).or_default();
         let base = log.last().map_or(0, end_of);
         let mut b = BytesMut::from(&batch[..]);
         b[..8].copy_from_slice(&base.to_be_bytes());
         log.push(b.freeze());
+        if let Some(keep) = self.retain_bytes {
+            let held = self.log_bytes.entry(key.clone()).or_default();
+            *held += batch.len();
+            if *held > keep + keep / 4 {
+                // Drop the oldest batches while what remains still holds `keep` bytes.
+                let mut drop = 0;
+                while drop + 1 < log.len() && *held - log[drop].len() >= keep {
+                    *held -= log[drop].len();
+                    drop += 1;
+                }
+                log.drain(..drop);
+                if let Some(first) = log.first() {
+                    let start = i64::from_be_bytes(first[..8].try_into().expect("8 bytes"));
+                    self.trimmed_start.insert(key, start);
+                }
+            }
+        }
         base
+    }
+
+    /// The partition's log start offset.
+    fn log_start_of(&self, topic: &str, partition: i32) -> i64 {
+        self.trimmed_start
+            .get(&(topic.to_string(), partition))
+            .map_or(self.log_start, |s| self.log_start.max(*s))
     }
 
     fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
@@ -115,13 +164,21 @@ impl State {
         let Ok(batch) = RecordBatch::parse(records.clone()) else {
             return Outcome::Code(87);
         };
-        let tag = tag_of(records);
+        let tag = if self.untagged {
+            String::new()
+        } else {
+            tag_of(records)
+        };
         if let Some(code) = self.always.get(&tag) {
             return Outcome::Code(*code);
         }
         // Errors and lost connections hit whatever arrives; the other actions wait
         // for the batch to arrive in sequence.
-        let action = self.script.get(&tag).and_then(|q| q.front().copied());
+        let action = if self.untagged {
+            None
+        } else {
+            self.script.get(&tag).and_then(|q| q.front().copied())
+        };
         match action {
             Some(Action::Error(code)) => {
                 self.pop(&tag);
@@ -157,10 +214,12 @@ impl State {
             recent.pop_front();
         }
         *next = last + 1;
-        self.stored
-            .entry((topic.to_string(), partition))
-            .or_default()
-            .push((tag.clone(), pid, seq));
+        if !self.untagged {
+            self.stored
+                .entry((topic.to_string(), partition))
+                .or_default()
+                .push((tag.clone(), pid, seq));
+        }
         let offset = self.append(topic, partition, records);
         if let Some(Action::WriteSilently(n)) = action {
             self.pop(&tag);
@@ -225,17 +284,13 @@ impl MockDc2 {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(Mutex::new(State {
-            next_pid: 1000,
-            ..State::default()
-        }));
-        let st = state.clone();
-        let port = addr.port();
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve(sock, st.clone(), port));
-            }
-        });
+        let state = Arc::new(Mutex::new(State::new()));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            addr.ip().to_string(),
+            addr.port(),
+        ));
         Self {
             addr: addr.to_string(),
             state,
@@ -252,6 +307,16 @@ impl MockDc2 {
     }
 }
 
+/// Serves every connection `listener` accepts from `state`; Metadata names the broker
+/// `host:port` (the address clients are to connect to).
+pub async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, host: String, port: u16) {
+    let host: Arc<str> = host.into();
+    while let Ok((sock, _)) = listener.accept().await {
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(serve(sock, state.clone(), host.clone(), port));
+    }
+}
+
 fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &T) -> Bytes {
     let mut buf = BytesMut::new();
     buf.put_i32(0);
@@ -265,7 +330,7 @@ fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body
     buf.freeze()
 }
 
-async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, port: u16) {
+async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, host: Arc<str>, port: u16) {
     loop {
         let Ok(len) = sock.read_i32().await else {
             return;
@@ -313,7 +378,7 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, port: u16) {
                 let mut r = MetadataResponse::default();
                 let mut b = MetadataResponseBroker::default();
                 b.node_id = BrokerId(1);
-                b.host = StrBytes::from_static_str("127.0.0.1");
+                b.host = StrBytes::from_string(host.to_string());
                 b.port = i32::from(port);
                 r.brokers = vec![b];
                 r.controller_id = BrokerId(1);
@@ -412,32 +477,33 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, port: u16) {
                         pd.partition_index = p.partition;
                         pd.high_watermark = hw;
                         pd.last_stable_offset = hw;
-                        pd.log_start_offset = st.log_start;
+                        let start = st.log_start_of(&name, p.partition);
+                        pd.log_start_offset = start;
                         pd.aborted_transactions = Some(Vec::new());
-                        if p.fetch_offset < st.log_start || p.fetch_offset > hw {
+                        if p.fetch_offset < start || p.fetch_offset > hw {
                             pd.error_code = 1;
                         } else {
                             let mut out = BytesMut::new();
-                            for b in st
+                            let log = st
                                 .log
                                 .get(&(name.clone(), p.partition))
-                                .into_iter()
-                                .flatten()
-                            {
-                                if end_of(b) > p.fetch_offset
-                                    && out.len() < p.partition_max_bytes as usize
-                                {
-                                    let base =
-                                        i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
-                                    if let Some(n) =
-                                        st.unlisted.get_mut(&(name.clone(), p.partition, base))
-                                        && *n > 0
-                                    {
-                                        *n = n.saturating_sub(u32::from(*n != u32::MAX));
-                                        continue;
-                                    }
-                                    out.extend_from_slice(b);
+                                .map_or(&[][..], |l| &l[..]);
+                            // Ends grow along the log: skip to the first batch that
+                            // reaches past the fetch offset.
+                            let first = log.partition_point(|b| end_of(b) <= p.fetch_offset);
+                            for b in &log[first..] {
+                                if out.len() >= p.partition_max_bytes as usize {
+                                    break;
                                 }
+                                let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                                if let Some(n) =
+                                    st.unlisted.get_mut(&(name.clone(), p.partition, base))
+                                    && *n > 0
+                                {
+                                    *n = n.saturating_sub(u32::from(*n != u32::MAX));
+                                    continue;
+                                }
+                                out.extend_from_slice(b);
                             }
                             pd.records = Some(out.freeze());
                         }
@@ -458,7 +524,7 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, port: u16) {
                         let mut pr = ListOffsetsPartitionResponse::default();
                         pr.partition_index = p.partition_index;
                         pr.offset = if p.timestamp == -2 {
-                            st.log_start
+                            st.log_start_of(t.name.0.as_str(), p.partition_index)
                         } else {
                             st.high_watermark(t.name.0.as_str(), p.partition_index)
                         };

@@ -1222,3 +1222,62 @@ async fn restart_with_unanswered_batches_leaves_no_duplicates_under_kafka_rules(
     rep.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// With `retain_bytes`, the double (as the long-link benchmark runs it) keeps only a
+/// partition's newest bytes while offsets keep counting: the log start moves to the
+/// first batch kept, a Fetch below it is OFFSET_OUT_OF_RANGE, ListOffsets "earliest"
+/// names it, and Fetch serves the kept batches as they were appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_keeps_the_newest_bytes_and_moves_its_log_start() {
+    use kafka_protocol::ResponseError;
+    use kafka_tee::client::{EARLIEST, LATEST};
+    use mock_dc2::MockDc2;
+    init_logging();
+    let dc = MockDc2::start().await;
+    let batches: Vec<Bytes> = (0..20)
+        .map(|i| batch(&format!("r{i:02}"), 5, Compression::None))
+        .collect();
+    let len = batches[0].len();
+    {
+        let mut st = dc.state.lock().expect("state");
+        st.topics.insert("kept".into(), 1);
+        st.retain_bytes = Some(4 * len);
+        for b in &batches {
+            st.append("kept", 0, b);
+        }
+    }
+    let c = client(Cluster::Dc2, &dc.addr);
+    let start = c.list_offset("kept", 0, EARLIEST).await.expect("earliest");
+    let end = c.list_offset("kept", 0, LATEST).await.expect("latest");
+    assert_eq!(end, 100, "offsets keep counting");
+    let kept = ((end - start) / 5) as usize;
+    assert_eq!(start, 5 * (20 - kept) as i64, "the log starts at a batch");
+    assert!((4..=5).contains(&kept), "kept {kept} batches of 4 to 5");
+    let fetch_at = |offset| {
+        let wait = Duration::from_millis(10);
+        c.fetch(
+            "kept",
+            0,
+            offset,
+            1 << 20,
+            wait,
+            IsolationLevel::ReadUncommitted,
+        )
+    };
+    let below = fetch_at(start - 1).await;
+    assert!(
+        below.is_err_and(|e| e.kafka_error() == Some(ResponseError::OffsetOutOfRange)),
+        "below the log start"
+    );
+    let f = fetch_at(start).await.expect("fetch from the log start");
+    assert_eq!((f.log_start_offset, f.high_watermark), (start, end));
+    let got: Vec<Bytes> = split_batches(f.records)
+        .map(|b| b.expect("batch").bytes().clone())
+        .collect();
+    let payloads: Vec<&[u8]> = got.iter().map(|b| &b[HEADER_LEN..]).collect();
+    let want: Vec<&[u8]> = batches[20 - kept..]
+        .iter()
+        .map(|b| &b[HEADER_LEN..])
+        .collect();
+    assert_eq!(payloads, want);
+}
