@@ -259,45 +259,7 @@ async fn sync_group(
             .dc1_seen
             .get(&key)
             .is_some_and(|&prev| dc1_offset < prev);
-        let (mut translated, first) =
-            sh.offsets
-                .get(&tp)
-                .map_or((Translated::Unknown, None), |m| {
-                    let first = m
-                        .runs()
-                        .next()
-                        .map(|r| (r.dc1_first, r.dc1_first + r.shift));
-                    (m.translate(dc1_offset), first)
-                });
-        // Before anything is copied, where the partition resumed is known exactly.
-        let first = first.or_else(|| {
-            sh.progress
-                .get(&tp)
-                .and_then(|p| p.dc2_next.map(|d| (p.offset + 1, d)))
-        });
-        if let (Translated::Unknown, Some(first)) = (translated, first)
-            && dc1_offset == first.0
-        {
-            translated = Translated::Exact(first.1);
-        } else if let (Translated::Unknown, Some(first)) = (translated, first)
-            && dc1_offset < first.0
-        {
-            let key = (tp.clone(), dc1_offset);
-            let found = match memory.older.get(&key) {
-                Some(f) => *f,
-                None => {
-                    let f = find_older(sh, &tp, dc1_offset, first).await?;
-                    if memory.older.len() >= MAX_OLDER {
-                        memory.older.clear();
-                    }
-                    memory.older.insert(key, f);
-                    f
-                }
-            };
-            if let Some(o) = found {
-                translated = Translated::Exact(o);
-            }
-        }
+        let translated = translate(sh, &tp, dc1_offset, &mut memory.older).await?;
         if translated == Translated::Unknown {
             round.untranslated += 1;
             tracing::debug!(group, partition = %tp, dc1_offset, "committed offset older than the offset map and its batch not found in DC2; not synced");
@@ -331,6 +293,52 @@ async fn sync_group(
     round.groups += 1;
     round.partitions += in_sync + commits.len();
     Ok(())
+}
+
+/// What `committed` on `tp` translates to: by the offset map; before the map's first
+/// run (or, with nothing copied yet, the partition's resume point), where that anchor
+/// says or by finding the batch in DC2 (`find_older`, remembered in `older`).
+async fn translate(
+    sh: &Shared,
+    tp: &TopicPartition,
+    committed: i64,
+    older: &mut HashMap<(TopicPartition, i64), Option<i64>>,
+) -> Result<Translated, ClientError> {
+    let (translated, first) = sh.offsets.get(tp).map_or((Translated::Unknown, None), |m| {
+        let first = m
+            .runs()
+            .next()
+            .map(|r| (r.dc1_first, r.dc1_first + r.shift));
+        (m.translate(committed), first)
+    });
+    // Before anything is copied, where the partition resumed is known exactly.
+    let first = first.or_else(|| {
+        sh.progress
+            .get(tp)
+            .and_then(|p| p.dc2_next.map(|d| (p.offset + 1, d)))
+    });
+    let Some(first) = first.filter(|_| translated == Translated::Unknown) else {
+        return Ok(translated);
+    };
+    if committed == first.0 {
+        return Ok(Translated::Exact(first.1));
+    }
+    if committed > first.0 {
+        return Ok(Translated::Unknown);
+    }
+    let key = (tp.clone(), committed);
+    let found = match older.get(&key) {
+        Some(f) => *f,
+        None => {
+            let f = find_older(sh, tp, committed, first).await?;
+            if older.len() >= MAX_OLDER {
+                older.clear();
+            }
+            older.insert(key, f);
+            f
+        }
+    };
+    Ok(found.map_or(Translated::Unknown, Translated::Exact))
 }
 
 /// The DC2 offset of the record a consumer with committed DC1 offset `committed`
