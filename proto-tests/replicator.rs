@@ -385,9 +385,12 @@ async fn batches_and_gaps_reach_dc2_in_order_and_restart_resumes() {
     );
     let status = h.partitions();
     assert_eq!(status.len(), 2, "{status:?}");
-    let s0 = status.iter().find(|s| s.tp == tp0).expect("partition 0");
+    let s0 = status
+        .iter()
+        .find(|s| s.topic == *tp0.topic && s.partition == Some(tp0.partition))
+        .expect("partition 0");
     assert_eq!(s0.replicated_offset, Some(end0));
-    assert_eq!((s0.lag_offsets, s0.pending_bytes), (0, 0));
+    assert_eq!((s0.lag_records, s0.pending_bytes), (Some(0), Some(0)));
 
     // DC2 holds the same batches in order, payload bytes unchanged, under the
     // replicator's producer id with contiguous sequences and no transactional bit.
@@ -548,9 +551,11 @@ async fn partition_count_mismatch_holds_the_topic() {
     );
     let status = rep.handle().partitions();
     assert!(
-        status
-            .iter()
-            .any(|s| s.tp == tp && s.state.starts_with("held: partition counts differ")),
+        status.iter().any(|s| {
+            s.topic == *tp.topic
+                && s.partition == Some(tp.partition)
+                && s.state.starts_with("held: partition counts differ")
+        }),
         "{status:?}"
     );
     assert!(read_batches(&dst, "dc1.events", 0).await.is_empty());

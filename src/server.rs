@@ -105,9 +105,11 @@ pub async fn run(
     } else {
         None
     };
+    let proxy_stats = Arc::new(crate::proxy::stats::ProxyStats::default());
     let ctx = Arc::new(SessionContext {
         config: config.clone(),
         router: router.clone(),
+        stats: proxy_stats.clone(),
         capture: tee.as_ref().map(|t| t.capture.clone()),
         shutdown: shutdown.clone(),
         upstream_tls: config.source.tls.connector()?,
@@ -117,13 +119,13 @@ pub async fn run(
         &config,
         local,
         router.clone(),
-        tee.as_ref().map(|t| (t.budget.clone(), t.capture.clone())),
+        proxy_stats,
+        tee.as_ref().map(|t| crate::status::TeeSources {
+            budget: t.budget.clone(),
+            capture: t.capture.clone(),
+            replication: Arc::new(t.replicator.handle()),
+        }),
     );
-    if let Some(t) = &tee {
-        // Per-partition rows for the status page; see `status::ReplicationView` for
-        // what a richer replicator view can add.
-        status.set_replication_view(Arc::new(t.replicator.handle()));
-    }
     let tracker = TaskTracker::new();
     let tls = server_tls(&config, &shutdown, &tracker)?;
     let acceptor = Acceptor {

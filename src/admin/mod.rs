@@ -181,7 +181,7 @@ async fn monitor(state: Arc<AdminState>, stop: CancellationToken) {
         state.status.publish_gauges();
         state.metrics.run_upkeep();
         if n.is_multiple_of(RATE_EVERY) {
-            state.status.sample_rates(&state.metrics.render());
+            state.status.sample_rates();
         }
         n = n.wrapping_add(1);
     }
@@ -230,7 +230,7 @@ pub fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<
             ),
         },
         "/status.json" => {
-            let report = state.status.report(&state.metrics.render());
+            let report = state.status.report();
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => reply(StatusCode::OK, JSON, json),
                 Err(e) => reply(
@@ -241,7 +241,7 @@ pub fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<
             }
         }
         "/" => {
-            let report = state.status.report(&state.metrics.render());
+            let report = state.status.report();
             reply(StatusCode::OK, HTML, status_page(&report))
         }
         _ => reply(
@@ -289,7 +289,13 @@ mod tests {
             0,
             BTreeMap::new(),
         );
-        let status = Status::new(&cfg, "127.0.0.1:9092".parse().expect("addr"), router, None);
+        let status = Status::new(
+            &cfg,
+            "127.0.0.1:9092".parse().expect("addr"),
+            router,
+            Default::default(),
+            None,
+        );
         Arc::new(AdminState {
             status,
             metrics: crate::metrics::install(),

@@ -1,9 +1,12 @@
 //! A small Kafka client on the kafka-protocol crate, used for DC2 (produce, topics,
 //! producer id) and for reading back from DC1 (fetch, configs).
 //!
-//! - `conn`: one pipelined connection per broker (writer task, reader task, FIFO).
+//! - `conn`: one pipelined connection per broker (writer task, reader task, FIFO);
+//!   `dial` opens it (TCP, socket buffers, TLS).
 //! - this file: bootstrap, metadata cache (topic -> partitions -> leader, broker
 //!   addresses), connection pool, typed `send` helpers and retry with backoff.
+//! - `error`: what went wrong, which cluster it came from, and whether a retry or a
+//!   metadata refresh can help.
 //! - `ops`: the requests the tee needs (InitProducerId, Fetch, CreateTopics,
 //!   DescribeConfigs, ListOffsets), each with its error handling.
 //!
@@ -12,6 +15,8 @@
 //! Errors name the cluster they came from.
 
 mod conn;
+mod dial;
+mod error;
 pub mod group;
 mod ops;
 mod sasl;
@@ -26,12 +31,12 @@ use std::time::{Duration, Instant};
 use crate::sync::{lock, read, write};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName,
-    metadata_request::MetadataRequestTopic,
+    BrokerId, MetadataRequest, MetadataResponse, TopicName, metadata_request::MetadataRequestTopic,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 
 pub use conn::{BrokerConnection, PendingResponse};
+pub use error::{ClientError, check, is_metadata_error};
 pub use ops::{CreateTopicOutcome, EARLIEST, FetchedPartition, IsolationLevel, LATEST};
 pub use sasl::{SaslCredentials, SaslError};
 
@@ -153,174 +158,6 @@ impl ClientConfig {
             );
         }
         Ok(self)
-    }
-}
-
-/// What went wrong talking to a cluster.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("{cluster}: cannot connect to {addr}: {reason}")]
-    Connect {
-        cluster: Cluster,
-        addr: String,
-        reason: String,
-    },
-    #[error("{cluster}: SASL {mechanism} login to broker {broker} ({addr}) failed: {reason}")]
-    Auth {
-        cluster: Cluster,
-        broker: i32,
-        addr: String,
-        mechanism: &'static str,
-        reason: String,
-    },
-    #[error("{cluster}: no broker reachable: {detail}")]
-    NoBroker { cluster: Cluster, detail: String },
-    #[error("{cluster}: connection to broker {broker} ({addr}) lost: {reason}")]
-    Disconnected {
-        cluster: Cluster,
-        broker: i32,
-        addr: String,
-        reason: String,
-    },
-    #[error("{cluster}: broker {broker} ({addr}) did not answer {api:?} within {timeout:?}")]
-    Timeout {
-        cluster: Cluster,
-        broker: i32,
-        addr: String,
-        api: ApiKey,
-        timeout: Duration,
-    },
-    #[error(
-        "{cluster}: broker {broker} offers {api:?} versions {broker_range:?}, kafka-tee needs one of {wanted:?}"
-    )]
-    UnsupportedVersion {
-        cluster: Cluster,
-        broker: i32,
-        api: ApiKey,
-        broker_range: Option<(i16, i16)>,
-        wanted: RangeInclusive<i16>,
-    },
-    #[error("{cluster}: protocol error with broker {broker}: {message}")]
-    Protocol {
-        cluster: Cluster,
-        broker: i32,
-        message: String,
-    },
-    #[error("{cluster}: {context}: {error}")]
-    Kafka {
-        cluster: Cluster,
-        error: ResponseError,
-        context: String,
-    },
-    /// Tansu 0.6 answers some fetches without the partition asked for.
-    #[error("{cluster}: broker {broker} answered {api:?} without {topic}-{partition}")]
-    MissingPartition {
-        cluster: Cluster,
-        broker: i32,
-        api: ApiKey,
-        topic: String,
-        partition: i32,
-    },
-    #[error("{cluster}: broker {broker} is not in the metadata")]
-    UnknownBroker { cluster: Cluster, broker: i32 },
-    #[error("{cluster}: topic {topic} does not exist")]
-    UnknownTopic { cluster: Cluster, topic: String },
-    #[error("{cluster}: {topic}-{partition} has no leader")]
-    NoLeader {
-        cluster: Cluster,
-        topic: String,
-        partition: i32,
-    },
-}
-
-impl ClientError {
-    pub fn cluster(&self) -> Cluster {
-        match self {
-            ClientError::Connect { cluster, .. }
-            | ClientError::Auth { cluster, .. }
-            | ClientError::NoBroker { cluster, .. }
-            | ClientError::Disconnected { cluster, .. }
-            | ClientError::Timeout { cluster, .. }
-            | ClientError::UnsupportedVersion { cluster, .. }
-            | ClientError::Protocol { cluster, .. }
-            | ClientError::Kafka { cluster, .. }
-            | ClientError::UnknownBroker { cluster, .. }
-            | ClientError::MissingPartition { cluster, .. }
-            | ClientError::UnknownTopic { cluster, .. }
-            | ClientError::NoLeader { cluster, .. } => *cluster,
-        }
-    }
-
-    /// The Kafka error code behind this error, if a broker returned one.
-    pub fn kafka_error(&self) -> Option<ResponseError> {
-        match self {
-            ClientError::Kafka { error, .. } => Some(*error),
-            _ => None,
-        }
-    }
-
-    /// Whether trying again later (after a metadata refresh) can succeed. A refused
-    /// SASL login is: credentials get fixed on the broker without restarting kafka-tee,
-    /// and giving up would drop data.
-    pub fn is_retriable(&self) -> bool {
-        match self {
-            ClientError::Connect { .. }
-            | ClientError::Auth { .. }
-            | ClientError::NoBroker { .. }
-            | ClientError::Disconnected { .. }
-            | ClientError::Timeout { .. }
-            | ClientError::UnknownBroker { .. }
-            | ClientError::MissingPartition { .. }
-            | ClientError::NoLeader { .. } => true,
-            ClientError::Kafka { error, .. } => {
-                error.is_retriable() || matches!(error, ResponseError::BrokerNotAvailable)
-            }
-            ClientError::UnknownTopic { .. }
-            | ClientError::UnsupportedVersion { .. }
-            | ClientError::Protocol { .. } => false,
-        }
-    }
-
-    /// Whether the metadata (leaders, brokers) should be refreshed before a retry.
-    pub fn needs_metadata_refresh(&self) -> bool {
-        match self {
-            ClientError::Kafka { error, .. } => is_metadata_error(*error),
-            ClientError::UnknownTopic { .. } => true,
-            other => other.is_retriable(),
-        }
-    }
-}
-
-/// Errors that mean the client's idea of leaders or topics is stale.
-pub fn is_metadata_error(e: ResponseError) -> bool {
-    matches!(
-        e,
-        ResponseError::NotLeaderOrFollower
-            | ResponseError::UnknownTopicOrPartition
-            | ResponseError::LeaderNotAvailable
-            | ResponseError::FencedLeaderEpoch
-            | ResponseError::UnknownLeaderEpoch
-            | ResponseError::BrokerNotAvailable
-            | ResponseError::ReplicaNotAvailable
-            | ResponseError::NotController
-            | ResponseError::UnknownTopicId
-            | ResponseError::KafkaStorageError
-    )
-}
-
-/// Turns an error code into `Ok(())` or a [`ClientError::Kafka`].
-pub fn check(
-    cluster: Cluster,
-    code: i16,
-    context: impl FnOnce() -> String,
-) -> Result<(), ClientError> {
-    match ResponseError::try_from_code(code) {
-        None => Ok(()),
-        Some(error) => Err(ClientError::Kafka {
-            cluster,
-            error,
-            context: context(),
-        }),
     }
 }
 
@@ -779,48 +616,4 @@ impl Client {
 // `crate::sync` for why a poisoned one is used as is).
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_max() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let got: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, vec![100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next_delay().as_millis(), 100);
-    }
-
-    #[test]
-    fn errors_name_the_cluster() {
-        let e = ClientError::Kafka {
-            cluster: Cluster::Dc2,
-            error: ResponseError::NotLeaderOrFollower,
-            context: "produce to t-0".into(),
-        };
-        assert_eq!(e.to_string(), "DC2: produce to t-0: NotLeaderOrFollower");
-        assert!(e.is_retriable() && e.needs_metadata_refresh());
-        let e = ClientError::Kafka {
-            cluster: Cluster::Dc1,
-            error: ResponseError::TopicAuthorizationFailed,
-            context: "fetch".into(),
-        };
-        assert!(!e.is_retriable());
-        assert_eq!(e.cluster(), Cluster::Dc1);
-    }
-
-    #[tokio::test]
-    async fn unreachable_bootstrap_fails_with_the_cluster_named() {
-        // A port nobody listens on: bind, learn the port, close.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let mut cfg = ClientConfig::new(Cluster::Dc2, vec![format!("127.0.0.1:{port}")]);
-        cfg.connect_timeout = Duration::from_millis(500);
-        let err = Client::connect(cfg).await.expect_err("nothing listens");
-        assert_eq!(err.cluster(), Cluster::Dc2);
-        assert!(err.to_string().starts_with("DC2: "), "{err}");
-        assert!(err.is_retriable());
-    }
-}
+mod tests;

@@ -11,12 +11,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::protocol::FrameError;
 use crate::proxy::Router;
+use crate::proxy::stats::ProxyStats;
 use crate::tee::capture::Capture;
 
 /// What every session shares.
 pub struct SessionContext {
     pub config: Arc<Config>,
     pub router: Arc<Router>,
+    /// Connection and request counts, for the status page.
+    pub stats: Arc<ProxyStats>,
     /// Present when the tee is on.
     pub capture: Option<Arc<Capture>>,
     pub shutdown: CancellationToken,

@@ -52,21 +52,19 @@ impl Acceptor {
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "connection limit reached; refusing connection");
-                metrics::counter!("kafka_tee_connections_refused_total").increment(1);
+                self.session.stats.refused();
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            metrics::counter!("kafka_tee_connections_accepted_total").increment(1);
+            let open = self.session.stats.accepted();
             let this = self.clone();
             let upstream = upstream.clone();
             let span = tracing::info_span!("conn", %peer, listener = %name);
             self.tracker.spawn(
                 async move {
-                    let open = metrics::gauge!("kafka_tee_connections_open");
-                    open.increment(1.0);
                     tracing::debug!("connection accepted");
                     this.serve(stream, peer, upstream).await;
-                    open.decrement(1.0);
+                    drop(open);
                     drop(permit);
                 }
                 .instrument(span),

@@ -9,5 +9,6 @@ mod response;
 pub mod rewrite;
 pub mod routing;
 pub mod session;
+pub mod stats;
 
 pub use routing::{BrokerId, Router, Upstream};

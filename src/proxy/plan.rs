@@ -46,12 +46,6 @@ impl ResponsePlan {
     }
 }
 
-/// Counts a request read from a client, `size` bytes without its length prefix.
-pub(super) fn count_request(peek: &RequestHeaderPeek, size: usize) {
-    metrics::counter!("kafka_tee_requests_total", "api" => api_name(peek.key())).increment(1);
-    metrics::counter!("kafka_tee_client_bytes_in_total").increment(size as u64 + 4);
-}
-
 /// Decides what a request's response will need, and rewrites the request if the tee
 /// must see a response the client did not ask for.
 pub(super) fn plan_response(

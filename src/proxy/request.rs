@@ -15,9 +15,7 @@ use tokio_stream::StreamExt;
 use tokio_util::codec::FramedRead;
 
 use super::context::{SessionContext, SessionError};
-use super::plan::{
-    Action, ResponsePlan, count_request, count_spliced, has_complete_frame, plan_response,
-};
+use super::plan::{Action, ResponsePlan, count_spliced, has_complete_frame, plan_response};
 use crate::net::splice::{TcpHalf, both_tcp, forward_body};
 use crate::net::tee::TeePipes;
 use crate::protocol::produce::produce_acks;
@@ -91,7 +89,7 @@ where
                 frame.len()
             )));
         };
-        count_request(&peek, frame.len());
+        ctx.stats.request(&peek, frame.len());
         let (frame, inflight) = plan_response(frame, &peek, ctx)?;
         // Enqueued before the frame goes out, so the response half always finds it.
         if fifo.send(inflight).await.is_err() {
@@ -146,7 +144,7 @@ where
         return read_whole(frames, size, head, stall).await;
     };
     let up_err = |e| write_failed(addr, e);
-    count_request(&peek, size);
+    ctx.stats.request(&peek, size);
     let entry = ResponsePlan::new(&peek, action);
     if fifo.send(entry).await.is_err() {
         return Ok(Forwarded::Closing);
@@ -238,7 +236,7 @@ where
             "Produce request without a header".into(),
         ));
     };
-    count_request(&peek, size);
+    ctx.stats.request(&peek, size);
     // The frame classify returns is the one read (acks=0, the only rewrite, is not
     // teed); what DC1 gets is what the pipe holds.
     let (_, entry) = plan_response(frame, &peek, ctx)?;

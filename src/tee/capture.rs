@@ -16,6 +16,7 @@
 //! `txn_timeout`, so the replicator reads the outcome back from DC1 (read_committed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,8 @@ pub struct Capture {
     txn_timeout: Duration,
     /// Topics whose producers wait until DC2 has their batch.
     sync_topics: Option<crate::tee::TopicFilter>,
+    /// Records DC1 acknowledged for replicated topics since the start.
+    acked_records: AtomicU64,
 }
 
 impl Capture {
@@ -135,6 +138,7 @@ impl Capture {
             txns: Mutex::new(HashMap::new()),
             txn_timeout,
             sync_topics,
+            acked_records: AtomicU64::new(0),
         })
     }
 
@@ -263,6 +267,11 @@ impl Capture {
         }
     }
 
+    /// Records DC1 acknowledged for replicated topics since the start.
+    pub fn acked_records_total(&self) -> u64 {
+        self.acked_records.load(Ordering::Relaxed)
+    }
+
     /// Bytes and batches held for ordering or transactions (for metrics and tests).
     pub fn held_batches(&self) -> usize {
         self.partitions
@@ -301,7 +310,10 @@ impl Capture {
         match (ack, entry.facts) {
             (Some(base), Some(facts)) => {
                 let kept = entry.records.as_ref().map_or(0, |(_, r)| r.bytes());
-                crate::metrics::dc1_acked_batch(facts.last_offset_delta + 1, kept);
+                let records = (facts.last_offset_delta + 1).max(0);
+                self.acked_records
+                    .fetch_add(records as u64, Ordering::Relaxed);
+                crate::metrics::dc1_acked_batch(records, kept);
                 let txn = facts.transactional.then_some(facts.producer_id);
                 if let Some(pid) = txn {
                     lock(&self.txns)
@@ -511,6 +523,8 @@ mod tests {
         let failed = cap.on_request(&request("t", 1, batch(0, -1, false, 0)));
         let waits = failed.expect("ticket").complete(&response("t", 1, 6, -1));
         assert!(waits.starts.is_empty());
+        // Only what DC1 acknowledged counts.
+        assert_eq!(cap.acked_records_total(), 2);
     }
 
     #[test]
@@ -528,6 +542,8 @@ mod tests {
         t1.complete(&response("t", 0, 0, 0));
         assert_eq!(offsets(&sink), vec![(0, true), (2, true)]);
         assert_eq!(cap.held_batches(), 0);
+        // 2 + 3 records, each counted once, for the status page.
+        assert_eq!(cap.acked_records_total(), 5);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod capture;
 pub mod replicator;
+pub mod snapshot;
 
 pub use replicator::TopicFilter;
 

@@ -21,14 +21,17 @@ mod catchup;
 pub mod checkpoint;
 mod durable;
 pub mod group_offsets;
+mod identity;
 pub mod membership;
 pub mod offset_map;
 pub mod owners;
 mod queue;
 mod sender;
+mod start;
 mod tail;
 mod tier;
 mod topics;
+mod view;
 mod window;
 mod worker;
 
@@ -38,17 +41,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientConfig, ClientError, Cluster};
-use crate::config::{ClusterConfig, Config};
+use crate::client::Client;
 use crate::tee::{Pending, TopicPartition};
-use checkpoint::Checkpoint;
-pub use tier::GroupView;
+use identity::{Identity, IdentityCell};
+pub use start::start;
 pub use topics::{COPIED_CONFIGS, TopicFilter, TopicStatus};
 
 /// Replication settings taken from the configuration.
@@ -69,69 +70,6 @@ struct Settings {
     state_dir: Option<PathBuf>,
 }
 
-/// The DC2 producer identity all workers share. `generation` changes when it is
-/// renewed, so workers notice and restart their sequences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Identity {
-    producer_id: i64,
-    epoch: i16,
-    generation: u64,
-}
-
-#[derive(Debug, Default)]
-struct IdentityCell {
-    current: Mutex<Option<Identity>>,
-    /// One InitProducerId at a time.
-    init: tokio::sync::Mutex<()>,
-}
-
-impl IdentityCell {
-    fn peek(&self) -> Option<Identity> {
-        *crate::sync::lock(&self.current)
-    }
-
-    fn set(&self, id: Identity) {
-        *crate::sync::lock(&self.current) = Some(id);
-    }
-
-    /// The identity in force, obtained from DC2 if there is none yet.
-    async fn current(&self, dc2: &Client) -> Result<Identity, ClientError> {
-        if let Some(id) = self.peek() {
-            return Ok(id);
-        }
-        let _g = self.init.lock().await;
-        if let Some(id) = self.peek() {
-            return Ok(id);
-        }
-        self.obtain(dc2, 1).await
-    }
-
-    /// A new identity, unless someone already replaced the `stale` generation.
-    async fn renew(&self, dc2: &Client, stale: u64) -> Result<Identity, ClientError> {
-        let _g = self.init.lock().await;
-        if let Some(id) = self.peek()
-            && id.generation != stale
-        {
-            return Ok(id);
-        }
-        metrics::counter!("kafka_tee_producer_id_renewals_total").increment(1);
-        self.obtain(dc2, stale + 1).await
-    }
-
-    async fn obtain(&self, dc2: &Client, generation: u64) -> Result<Identity, ClientError> {
-        let timeout = dc2.config().request_timeout;
-        let (producer_id, epoch) = dc2.retry(timeout, || dc2.init_producer_id()).await?;
-        let id = Identity {
-            producer_id,
-            epoch,
-            generation,
-        };
-        tracing::info!(producer_id, epoch, "DC2 producer id obtained");
-        self.set(id);
-        Ok(id)
-    }
-}
-
 /// One partition's replication position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Progress {
@@ -144,41 +82,29 @@ struct Progress {
     dc2_next: Option<i64>,
 }
 
-/// One DC1 partition as the replicator sees it, for status pages.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PartitionReplication {
-    pub tp: TopicPartition,
-    /// Last DC1 offset known to be in DC2.
-    pub replicated_offset: Option<i64>,
-    /// Last DC1 offset handed to the replicator.
-    pub pushed_offset: Option<i64>,
-    /// Offsets handed over and not yet in DC2 (transaction markers count too).
-    pub lag_offsets: u64,
-    /// Bytes of captured batches held in memory for DC2.
-    pub pending_bytes: u64,
-    /// Bytes of the batches handed over and not yet in DC2 (offsets read back from
-    /// DC1 count 0).
-    pub lag_bytes: u64,
-    /// Age of the oldest offsets handed over and not yet in DC2; zero when none.
-    pub oldest_pending: Duration,
-    /// How long the partition has been behind; zero when caught up.
-    pub behind_for: Duration,
-    /// "in sync", "replicating", "catching up", "retrying: <why>", "held: <why>",
-    /// or "idle" for a partition known only from the checkpoint.
-    pub state: String,
-}
-
 /// What a worker last reported about its partition.
 #[derive(Debug, Clone)]
 struct Snapshot {
     replicated_offset: Option<i64>,
-    pushed_offset: Option<i64>,
     lag_offsets: u64,
     pending_bytes: u64,
     lag_bytes: u64,
     oldest_pending_since: Option<Instant>,
-    behind_since: Option<Instant>,
     state: String,
+}
+
+impl Snapshot {
+    /// A partition with nothing handed over, replicated up to `replicated_offset`.
+    fn idle(replicated_offset: Option<i64>) -> Self {
+        Snapshot {
+            replicated_offset,
+            lag_offsets: 0,
+            pending_bytes: 0,
+            lag_bytes: 0,
+            oldest_pending_since: None,
+            state: "idle".into(),
+        }
+    }
 }
 
 /// State shared by the handle, workers, senders and the checkpoint task.
@@ -212,6 +138,8 @@ struct Shared {
     /// Stop now.
     hard_stop: CancellationToken,
     runtime: tokio::runtime::Handle,
+    /// Totals for the status page (each also a metric).
+    counters: crate::tee::snapshot::ReplicationCounters,
 }
 
 impl Shared {
@@ -307,237 +235,6 @@ impl std::fmt::Debug for ReplicatorHandle {
             .field("partitions", &self.shared.workers.len())
             .finish()
     }
-}
-
-fn client_config(
-    cluster: Cluster,
-    target: &ClusterConfig,
-    config: &Config,
-) -> anyhow::Result<ClientConfig> {
-    let r = &config.replication;
-    let mut c = ClientConfig::new(cluster, target.bootstrap.clone()).secured(target)?;
-    c.connect_timeout = config.connect_timeout();
-    c.request_timeout = Duration::from_millis(r.request_timeout_ms.max(1));
-    c.retry_backoff = Duration::from_millis(r.retry_backoff_ms.max(1));
-    c.retry_backoff_max = Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms));
-    c.max_frame_bytes = config.proxy.max_frame_bytes;
-    c.client_id = "kafka-tee-replicator".into();
-    // Batches of many partitions and many batches of one travel on one connection
-    // per broker; the window bounds them (in bytes), not the connection.
-    c.max_in_flight_per_connection = sender::MAX_REQUESTS_IN_FLIGHT;
-    c.socket_send_buffer_bytes = r.socket_send_buffer_bytes;
-    c.socket_receive_buffer_bytes = r.socket_receive_buffer_bytes;
-    Ok(c)
-}
-
-/// Starts the replicator: loads the checkpoint (if `state.dir` is set) and starts the
-/// checkpoint timer. Nothing connects yet; DC2 is reached on the first push, so a
-/// DC2 outage at start-up does not keep the proxy from serving.
-pub async fn start(config: &Config) -> anyhow::Result<Replicator> {
-    anyhow::ensure!(
-        config.replication_enabled(),
-        "replication needs target.bootstrap (DC2 addresses)"
-    );
-    let r = &config.replication;
-    let filter = TopicFilter::new(&r.include, &r.exclude).context("replication include/exclude")?;
-    let settings = Settings {
-        topic_prefix: r.topic_prefix.clone(),
-        create_topics: r.create_topics,
-        window: window::Limits {
-            batches: r.max_in_flight_per_partition.max(1),
-            bytes: r.max_in_flight_bytes_per_partition.max(1),
-        },
-        max_in_flight_bytes: r.max_in_flight_bytes.max(1),
-        request_timeout: Duration::from_millis(r.request_timeout_ms.max(1)),
-        retry_backoff: Duration::from_millis(r.retry_backoff_ms.max(1)),
-        retry_backoff_max: Duration::from_millis(r.retry_backoff_max_ms.max(r.retry_backoff_ms)),
-        checkpoint_interval: Duration::from_millis(r.checkpoint_interval_ms.max(10)),
-        follow_interval: (r.follow_interval_ms > 0)
-            .then(|| Duration::from_millis(r.follow_interval_ms.max(10))),
-        state_dir: config.state.dir.clone(),
-    };
-    let progress = DashMap::new();
-    let offsets = DashMap::new();
-    let identity = IdentityCell::default();
-    let mut loaded_partitions = Vec::new();
-    if let Some(dir) = &settings.state_dir {
-        let dir = dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || Checkpoint::load(&dir))
-            .await
-            .context("checkpoint loader")??;
-        if let Some(cp) = loaded {
-            if cp.producer_id >= 0 {
-                identity.set(Identity {
-                    producer_id: cp.producer_id,
-                    epoch: cp.producer_epoch,
-                    generation: 1,
-                });
-            }
-            for p in &cp.partitions {
-                let tp = TopicPartition {
-                    topic: Arc::from(p.topic.as_str()),
-                    partition: p.partition,
-                };
-                if !p.offset_map.is_empty() {
-                    match offset_map::OffsetMap::decode(&p.offset_map) {
-                        Ok(m) => {
-                            offsets.insert(tp.clone(), m);
-                        }
-                        Err(e) => {
-                            tracing::warn!(partition = %tp, error = %e, "offset map in the checkpoint not used: consumer offsets before this start are not translated");
-                        }
-                    }
-                }
-                progress.insert(
-                    tp,
-                    Progress {
-                        offset: p.offset,
-                        producer_id: p.producer_id,
-                        producer_epoch: p.producer_epoch,
-                        next_sequence: p.next_sequence,
-                        dc2_next: None,
-                    },
-                );
-            }
-            tracing::info!(
-                partitions = cp.partitions.len(),
-                producer_id = cp.producer_id,
-                "replicator checkpoint loaded"
-            );
-            loaded_partitions = cp.partitions;
-        }
-    }
-    let shared = Arc::new(Shared {
-        dc1: Client::new(client_config(Cluster::Dc1, &config.source, config)?),
-        dc2: Client::new(client_config(Cluster::Dc2, &config.target, config)?),
-        settings,
-        filter,
-        gates: topics::TopicGates::default(),
-        identity,
-        progress,
-        offsets,
-        progress_version: AtomicU64::new(0),
-        in_flight_bytes: std::sync::atomic::AtomicUsize::new(0),
-        durable: durable::Durability::new(&loaded_partitions),
-        committed: Notify::new(),
-        workers: DashMap::new(),
-        states: DashMap::new(),
-        tasks: Mutex::new(Vec::new()),
-        senders: Mutex::new(HashMap::new()),
-        sender_tasks: Mutex::new(Vec::new()),
-        closed: AtomicBool::new(false),
-        tier: r.group.clone().map(tier::Tier::new),
-        draining: CancellationToken::new(),
-        hard_stop: CancellationToken::new(),
-        runtime: tokio::runtime::Handle::current(),
-    });
-    let handle = ReplicatorHandle {
-        shared: shared.clone(),
-    };
-    let tier_stop = CancellationToken::new();
-    let mut tier_task = None;
-    if let Some(group) = &r.group {
-        // JoinGroup answers only when the generation forms: the member's own client
-        // waits longer than the rebalance timeout.
-        let mut mc = client_config(Cluster::Dc1, &config.source, config)?;
-        let rebalance = Duration::from_millis(r.group_rebalance_timeout_ms);
-        mc.request_timeout = rebalance + Duration::from_secs(5);
-        mc.client_id = "kafka-tee-group".into();
-        let settings = membership::GroupSettings {
-            group: group.clone(),
-            session_timeout: Duration::from_millis(r.group_session_timeout_ms),
-            rebalance_timeout: rebalance,
-            heartbeat_interval: Duration::from_millis(r.group_heartbeat_interval_ms),
-        };
-        tracing::info!(group = %group, "replicating the partitions the replication group assigns this instance");
-        tier_task = Some(tokio::spawn(tier::run(
-            handle.clone(),
-            Client::new(mc),
-            settings,
-            tier_stop.clone(),
-        )));
-    } else {
-        // Partitions in the checkpoint resume at once: what DC1 acknowledged after the
-        // checkpoint is copied even if they get no new records.
-        let restored: Vec<TopicPartition> = shared
-            .progress
-            .iter()
-            .map(|e| e.key().clone())
-            .filter(|tp| shared.filter.wants(&tp.topic))
-            .collect();
-        for tp in restored {
-            let tx = handle.spawn_worker(tp.clone());
-            shared.workers.insert(tp, tx);
-        }
-    }
-    let checkpoint_stop = CancellationToken::new();
-    let checkpoint_task = shared.settings.state_dir.clone().map(|dir| {
-        tokio::spawn(durable::checkpoint_loop(
-            shared.clone(),
-            dir,
-            checkpoint_stop.clone(),
-        ))
-    });
-    let gauges_task = Some(tokio::spawn(gauges_loop(
-        handle.clone(),
-        checkpoint_stop.clone(),
-    )));
-    let group_offsets_task = group_offsets::Selection::new(&r.group_offsets)?.map(|sel| {
-        tokio::spawn(group_offsets::run(
-            handle.clone(),
-            sel,
-            checkpoint_stop.clone(),
-        ))
-    });
-    tracing::info!(
-        dc2 = ?config.target.bootstrap, dc2_tls = config.target.tls.enabled,
-        dc1_tls = config.source.tls.enabled, prefix = %shared.settings.topic_prefix,
-        "replicator started"
-    );
-    Ok(Replicator {
-        shared,
-        tier_task,
-        tier_stop,
-        checkpoint_task,
-        gauges_task,
-        group_offsets_task,
-        checkpoint_stop,
-    })
-}
-
-/// How often the per-topic age and byte gauges are recomputed.
-const GAUGES_EVERY: Duration = Duration::from_secs(1);
-
-/// Publishes, per DC1 topic, the age of the oldest data not yet in DC2 and the bytes
-/// waiting, from the partitions' snapshots. A topic that no longer has any is set to 0.
-async fn gauges_loop(handle: ReplicatorHandle, stop: CancellationToken) {
-    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
-    loop {
-        let mut topics: HashMap<String, (f64, u64)> = HashMap::new();
-        for p in handle.partitions() {
-            let e = topics.entry(p.tp.topic.to_string()).or_default();
-            e.0 = e.0.max(p.oldest_pending.as_secs_f64());
-            e.1 += p.lag_bytes;
-        }
-        for gone in known.iter().filter(|t| !topics.contains_key(*t)) {
-            topics_gauges(gone, 0.0, 0);
-        }
-        for (topic, (age, bytes)) in &topics {
-            topics_gauges(topic, *age, *bytes);
-        }
-        known = topics.into_keys().collect();
-        tokio::select! {
-            _ = tokio::time::sleep(GAUGES_EVERY) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-fn topics_gauges(topic: &str, oldest_age: f64, lag_bytes: u64) {
-    metrics::gauge!("kafka_tee_replication_oldest_pending_seconds", "topic" => topic.to_string())
-        .set(oldest_age);
-    metrics::gauge!("kafka_tee_replication_lag_bytes", "topic" => topic.to_string())
-        .set(lag_bytes as f64);
 }
 
 impl Replicator {
@@ -750,62 +447,6 @@ impl ReplicatorHandle {
             .iter()
             .map(|e| (e.key().clone(), e.offset))
             .collect()
-    }
-
-    /// Every partition the replicator knows: those with traffic since the start, then
-    /// those known only from the checkpoint.
-    pub fn partitions(&self) -> Vec<PartitionReplication> {
-        let now = Instant::now();
-        let mut out: Vec<PartitionReplication> = self
-            .shared
-            .states
-            .iter()
-            .map(|e| {
-                let s = crate::sync::lock(e.value()).clone();
-                PartitionReplication {
-                    tp: e.key().clone(),
-                    replicated_offset: s.replicated_offset,
-                    pushed_offset: s.pushed_offset,
-                    lag_offsets: s.lag_offsets,
-                    pending_bytes: s.pending_bytes,
-                    lag_bytes: s.lag_bytes,
-                    oldest_pending: s
-                        .oldest_pending_since
-                        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
-                    behind_for: s.behind_since.map_or(Duration::ZERO, |t| now - t),
-                    state: s.state,
-                }
-            })
-            .collect();
-        for e in self.shared.progress.iter() {
-            if !self.shared.states.contains_key(e.key()) {
-                out.push(PartitionReplication {
-                    tp: e.key().clone(),
-                    replicated_offset: Some(e.offset),
-                    pushed_offset: None,
-                    lag_offsets: 0,
-                    pending_bytes: 0,
-                    lag_bytes: 0,
-                    oldest_pending: Duration::ZERO,
-                    behind_for: Duration::ZERO,
-                    state: "idle".into(),
-                });
-            }
-        }
-        out.sort_by(|a, b| a.tp.cmp(&b.tp));
-        out
-    }
-
-    /// The replication group as this instance sees it (None without a group).
-    pub fn group(&self) -> Option<GroupView> {
-        self.shared.tier.as_ref().map(|t| t.view())
-    }
-
-    /// The member of the replication group that replicates `tp`: this instance's
-    /// member id for its own partitions; for the others, what the coordinator reports
-    /// (Apache Kafka does; Tansu 0.6 reports no assignments). None without a group.
-    pub fn owner(&self, tp: &TopicPartition) -> Option<String> {
-        self.shared.tier.as_ref().and_then(|t| t.owner(tp))
     }
 
     /// The DC2 offset of the record a consumer of `tp` with committed DC1 offset

@@ -33,6 +33,7 @@ use crate::client::group::by_topic;
 use crate::client::{Client, ClientError};
 use crate::sync::{lock, read, write};
 use crate::tee::TopicPartition;
+use crate::tee::snapshot::GroupState;
 
 /// The most text of a partition's offset map committed with its position: Apache
 /// Kafka refuses metadata over `offset.metadata.max.bytes` (4096 by default).
@@ -66,18 +67,6 @@ pub(super) struct Tier {
     owners: Mutex<HashMap<TopicPartition, String>>,
 }
 
-/// The group as this instance sees it, for status pages.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GroupView {
-    pub group: String,
-    pub generation: i32,
-    pub member_id: String,
-    pub leader: bool,
-    pub owned_partitions: u64,
-    pub rebalances_total: u64,
-    pub last_takeover: Option<Duration>,
-}
-
 impl Tier {
     pub(super) fn new(group: String) -> Self {
         Self {
@@ -106,9 +95,9 @@ impl Tier {
         lock(&self.owners).get(tp).cloned()
     }
 
-    pub(super) fn view(&self) -> GroupView {
+    pub(super) fn view(&self) -> GroupState {
         let cur = lock(&self.current).clone();
-        GroupView {
+        GroupState {
             group: self.group.clone(),
             generation: cur.as_ref().map_or(-1, |a| a.generation),
             member_id: cur
@@ -118,7 +107,7 @@ impl Tier {
             leader: cur.as_ref().is_some_and(|a| a.leader),
             owned_partitions: read(&self.owned).len() as u64,
             rebalances_total: self.rebalances.load(Ordering::Relaxed),
-            last_takeover: *lock(&self.last_takeover),
+            last_takeover_seconds: lock(&self.last_takeover).map(|d| d.as_secs_f64()),
         }
     }
 }

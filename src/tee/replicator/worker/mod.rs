@@ -186,14 +186,8 @@ impl Worker {
         let restored = sh.progress.get(&tp).map(|p| *p);
         let backoff = Backoff::new(sh.settings.retry_backoff, sh.settings.retry_backoff_max);
         let snapshot = Arc::new(std::sync::Mutex::new(Snapshot {
-            replicated_offset: restored.map(|p| p.offset),
-            pushed_offset: restored.map(|p| p.offset),
-            lag_offsets: 0,
-            pending_bytes: 0,
-            lag_bytes: 0,
-            oldest_pending_since: None,
-            behind_since: None,
             state: "starting".into(),
+            ..Snapshot::idle(restored.map(|p| p.offset))
         }));
         sh.states.insert(tp.clone(), snapshot.clone());
         let follow_every = sh.settings.follow_interval.unwrap_or(FOLLOW_MAX);
@@ -447,8 +441,7 @@ impl Worker {
                 self.invalidate = true;
             }
             SendOutcome::Rejected { error, .. } => {
-                metrics::counter!("kafka_tee_dc2_errors_total", "code" => error_code_label(*error))
-                    .increment(1);
+                self.sh.counters.dc2_error(error_code_label(*error));
                 self.refresh |= is_metadata_error(*error);
                 self.invalidate |= matches!(
                     error,

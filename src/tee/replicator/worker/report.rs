@@ -48,14 +48,8 @@ impl Worker {
         s.lag_bytes = lag_bytes;
         s.oldest_pending_since = oldest;
         s.replicated_offset = self.acked;
-        s.pushed_offset = self.pushed_upto;
         s.lag_offsets = lag;
         s.pending_bytes = pending as u64;
-        s.behind_since = match (lag, s.behind_since) {
-            (0, _) => None,
-            (_, Some(t)) => Some(t),
-            (_, None) => Some(Instant::now()),
-        };
         s.state = state;
     }
 
@@ -79,13 +73,11 @@ impl Worker {
         self.acked = Some(self.acked.map_or(ready.last, |a| a.max(ready.last)));
         // In DC2: its budget comes back now, before waiters hear of the progress.
         drop(ready.budget);
-        metrics::counter!("kafka_tee_replicated_batches_total").increment(1);
-        metrics::counter!("kafka_tee_replicated_records_total")
-            .increment(ready.batch.record_count().max(0) as u64);
-        metrics::counter!("kafka_tee_replicated_bytes_total").increment(ready.batch.len() as u64);
-        if ready.from_dc1 {
-            metrics::counter!("kafka_tee_catchup_batches_total").increment(1);
-        }
+        self.sh.counters.copied(
+            ready.batch.record_count().max(0) as u64,
+            ready.batch.len() as u64,
+            ready.from_dc1,
+        );
         self.backoff.reset();
         self.trouble = None;
         self.publish();

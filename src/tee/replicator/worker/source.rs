@@ -249,7 +249,7 @@ impl Worker {
             partition = %self.tp, from, to, offsets = n, reason,
             "DATA LOST: offsets acknowledged by DC1 cannot be copied to DC2"
         );
-        metrics::counter!("kafka_tee_data_lost_records_total").increment(n);
+        self.sh.counters.lost(n);
         self.sent_upto = Some(self.sent_upto.map_or(to, |s| s.max(to)));
         if self.window.is_empty() && self.ready.is_empty() {
             self.acked = Some(self.acked.map_or(to, |a| a.max(to)));
