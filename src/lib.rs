@@ -1,19 +1,30 @@
 //! kafka-tee: a Kafka-protocol proxy that forwards clients to DC1 and copies every
 //! acknowledged produce batch to DC2.
 //!
+//! Data flows one way: `net` and `protocol` know nothing of the rest; `proxy` uses
+//! them and hands acknowledged batches to `tee`; `status` and `admin` read the typed
+//! snapshots the proxy and the tee publish. README.md's "Code map" lists every file.
+//!
 //! - `config`: file format, flags, validation.
-//! - `protocol`: frame codec, header peeks, the Produce request parser, version caps.
-//! - `net`: listeners (bootstrap and one per DC1 broker), upstream connections.
-//! - `proxy`: one client session, broker routing, response rewrites.
+//! - `protocol`: frame codec, header peeks, the Produce request parser, the record
+//!   batch format, version caps.
+//! - `net`: plain I/O under the proxy: TLS set-up and handshake diagnosis, splice and
+//!   tee pipes for large frames.
+//! - `proxy`: listeners, one client session (request half, response half, the pure
+//!   per-request plan), broker routing, response rewrites, connection counts.
 //! - `client`: a small Kafka client of our own (metadata, leaders, pipelined requests)
 //!   used for DC2 and for reading back from DC1.
-//! - `tee`: capture of acked batches, ordering, the DC2 replicator.
+//! - `tee`: capture of acked batches, ordering, the DC2 replicator, the snapshots it
+//!   publishes.
 //! - `verify`: record-by-record comparison of DC1 and DC2.
+//! - `offsets`: `kafka-tee offsets`, consumer group offsets in DC1 and DC2 side by side.
 //! - `server`: wires it all together: `run(config, shutdown)`.
 //! - `metrics`: every metric's name and description, the Prometheus recorder.
 //! - `status`: readiness and the status report (`/status.json`, `kafka-tee status`).
-//! - `admin`: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/`).
+//! - `admin`: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/`) and the
+//!   CLI's client for it.
 //! - `alloc`: the process allocator (huge single allocations reserved lazily).
+//! - `sync`: lock helpers that survive a poisoned mutex.
 
 pub mod admin;
 pub mod alloc;

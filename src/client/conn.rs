@@ -22,25 +22,16 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, BrokerId, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf,
-    WriteHalf,
-};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::dial::dial;
+use super::dial::{Stream, dial};
 use super::{ClientConfig, ClientError, Cluster};
 use crate::protocol::frame::{FrameError, read_frame};
 
 /// Offset of the correlation id in a request frame that starts with its length prefix.
 const CORRELATION_ID_AT: usize = 8;
-
-/// The byte stream under a connection: plain TCP or TLS over TCP.
-pub(crate) trait BrokerIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> BrokerIo for T {}
-
-pub(super) type Stream = Box<dyn BrokerIo>;
 
 /// A request frame waiting for the writer.
 struct Outgoing {

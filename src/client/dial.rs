@@ -1,10 +1,16 @@
 //! Opening a connection to a broker: TCP with the configured socket buffers, then
 //! TLS when the cluster uses it, each step bounded by `connect_timeout`.
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::ClientConfig;
-use super::conn::Stream;
+
+/// The byte stream under a connection: plain TCP or TLS over TCP.
+pub(crate) trait BrokerIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> BrokerIo for T {}
+
+pub(super) type Stream = Box<dyn BrokerIo>;
 
 /// Opens the TCP connection and, when the cluster uses TLS, the TLS session on it;
 /// each step is bounded by `connect_timeout`.

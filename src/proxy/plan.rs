@@ -99,40 +99,6 @@ fn client_decode(e: DecodeError) -> SessionError {
     SessionError::Client(e.to_string())
 }
 
-pub(super) fn api_name(key: Option<ApiKey>) -> &'static str {
-    match key {
-        Some(k) => api_key_name(k),
-        None => "unknown",
-    }
-}
-
-fn api_key_name(k: ApiKey) -> &'static str {
-    // Debug names are stable identifiers such as "Produce"; leak-free as a static str
-    // via a small table for the common keys, "other" for the rest.
-    match k {
-        ApiKey::Produce => "Produce",
-        ApiKey::Fetch => "Fetch",
-        ApiKey::ListOffsets => "ListOffsets",
-        ApiKey::Metadata => "Metadata",
-        ApiKey::OffsetCommit => "OffsetCommit",
-        ApiKey::OffsetFetch => "OffsetFetch",
-        ApiKey::FindCoordinator => "FindCoordinator",
-        ApiKey::JoinGroup => "JoinGroup",
-        ApiKey::Heartbeat => "Heartbeat",
-        ApiKey::LeaveGroup => "LeaveGroup",
-        ApiKey::SyncGroup => "SyncGroup",
-        ApiKey::ApiVersions => "ApiVersions",
-        ApiKey::CreateTopics => "CreateTopics",
-        ApiKey::InitProducerId => "InitProducerId",
-        ApiKey::EndTxn => "EndTxn",
-        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
-        ApiKey::DescribeCluster => "DescribeCluster",
-        ApiKey::SaslHandshake => "SaslHandshake",
-        ApiKey::SaslAuthenticate => "SaslAuthenticate",
-        _ => "other",
-    }
-}
-
 /// Counts bytes that [`forward_body`] spliced.
 pub(super) fn count_spliced(moved: Moved, direction: &'static str) {
     if let Moved::Spliced(n) = moved {

@@ -13,9 +13,8 @@ use tokio_stream::StreamExt;
 use tokio_util::codec::FramedRead;
 
 use super::context::{SessionContext, SessionError};
-use super::plan::{
-    Action, ResponsePlan, api_name, count_spliced, has_complete_frame, passes_untouched,
-};
+use super::plan::{Action, ResponsePlan, count_spliced, has_complete_frame, passes_untouched};
+use super::stats::api_name;
 use crate::net::splice::{TcpHalf, both_tcp, forward_body};
 use crate::protocol::header::{DecodeError, guarded_decode, split_response};
 use crate::protocol::{

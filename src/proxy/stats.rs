@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::api_name;
+use kafka_protocol::messages::ApiKey;
+
 use crate::protocol::RequestHeaderPeek;
 
 /// The proxy's live counters, shared by every listener and session.
@@ -71,6 +72,41 @@ impl ProxyStats {
 
     pub fn requests_total(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// The `api` label of a request's metrics.
+pub(super) fn api_name(key: Option<ApiKey>) -> &'static str {
+    match key {
+        Some(k) => api_key_name(k),
+        None => "unknown",
+    }
+}
+
+fn api_key_name(k: ApiKey) -> &'static str {
+    // Debug names are stable identifiers such as "Produce"; leak-free as a static str
+    // via a small table for the common keys, "other" for the rest.
+    match k {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        _ => "other",
     }
 }
 

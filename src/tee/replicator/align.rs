@@ -17,13 +17,11 @@
 //! owner resumes at the committed DC1 offset, which may copy some twice but never
 //! loses one, and says so.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use super::catchup::{CatchUp, Skipped, Step};
-use super::tail::{partition_bounds, scan_batches};
+use super::tail::{fingerprint, partition_bounds, scan_batches};
 use crate::client::{Client, ClientError, EARLIEST, IsolationLevel};
-use crate::protocol::batch::RecordBatch;
 use crate::tee::TopicPartition;
 
 /// At most this many bytes of either partition are read to find the start.
@@ -31,24 +29,6 @@ const MAX_READ_BYTES: usize = 256 * 1024 * 1024;
 /// How long the read of DC1 waits for offsets that are not readable yet (an open
 /// transaction) before deciding with what it has.
 const DC1_WAIT: Duration = Duration::from_secs(5);
-
-/// Attribute bits a copy may change: transactional (a committed transaction is
-/// copied as plain batches) and control.
-const COPY_CHANGES_ATTRIBUTES: i16 = 0x10 | 0x20;
-
-/// What the copy of a batch keeps from the original: attributes (but the bits above),
-/// offsets delta, timestamps, record count and the records.
-pub(super) fn fingerprint(batch: &RecordBatch) -> u64 {
-    let h = batch.header();
-    let mut s = DefaultHasher::new();
-    (h.attributes & !COPY_CHANGES_ATTRIBUTES).hash(&mut s);
-    h.last_offset_delta.hash(&mut s);
-    h.base_timestamp.hash(&mut s);
-    h.max_timestamp.hash(&mut s);
-    h.record_count.hash(&mut s);
-    batch.records_bytes().hash(&mut s);
-    s.finish()
-}
 
 /// Where the new owner starts.
 #[derive(Debug, Clone, PartialEq, Eq)]

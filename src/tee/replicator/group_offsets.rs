@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use tokio_util::sync::CancellationToken;
 
-use super::align::fingerprint;
 use super::catchup::{CatchUp, Skipped, Step};
 use super::offset_map::Translated;
+use super::tail::fingerprint;
 use super::tail::{partition_bounds, scan_batches};
 use super::{ReplicatorHandle, Shared};
 use crate::client::group::{Committed, by_topic};
@@ -351,7 +351,7 @@ async fn translate(
 /// first batch a copy would send from `committed` on: committed data, no markers) is
 /// in DC2 before `dc2_first`, byte for byte but for its producer fields.
 /// DC2 is searched back from there, in growing windows, for a batch with its
-/// fingerprint (`align::fingerprint`). One match: the record's DC2 offset. None, or
+/// fingerprint (`tail::fingerprint`). One match: the record's DC2 offset. None, or
 /// more than one in the window where one is found: None (not translated, never
 /// guessed).
 async fn find_older(

@@ -9,6 +9,12 @@
 //! - `checkpoint`: the durable per-partition position and DC2 producer identity.
 //! - `durable`: the checkpoint task; a new partition's start is on disk before its
 //!   producer is answered.
+//! - `window` and `tail`: a partition's batches in flight, and what DC2's tail holds.
+//! - `identity`: the DC2 producer id and epoch all workers write under.
+//! - `start`: settings, checkpoint loading, the background tasks; `view`: the rows,
+//!   totals and gauges the replicator publishes.
+//! - `tier`, `membership`, `assign`, `owners`, `align`: replication groups.
+//! - `offset_map`, `group_offsets`: consumer group offsets translated to DC2.
 //!
 //! The proxy calls [`ReplicatorHandle::push`] in DC1 offset order per partition. Push
 //! never blocks: items go to the partition's worker over an unbounded channel, and the

@@ -2,6 +2,7 @@
 //! where to look in DC2), and which batches of the replicator's own producer DC2's
 //! tail holds, so the window resends only what is missing (see `window`).
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
@@ -204,7 +205,7 @@ async fn walk(
     Ok(from.min(to))
 }
 
-/// Fingerprints (see `align::fingerprint`) and base offsets of the batches in
+/// Fingerprints (see [`fingerprint`]) and base offsets of the batches in
 /// `from..to` of a partition, in log order, reading at most `max_bytes`; with the offset the read
 /// reached (`to` when it read everything).
 pub(super) async fn scan_batches(
@@ -217,8 +218,26 @@ pub(super) async fn scan_batches(
 ) -> Result<(Vec<(u64, i64)>, i64), ClientError> {
     let mut seen = Vec::new();
     let reached = walk(client, topic, partition, from, to, max_bytes, |b| {
-        seen.push((super::align::fingerprint(b), b.base_offset()))
+        seen.push((fingerprint(b), b.base_offset()))
     })
     .await?;
     Ok((seen, reached))
+}
+
+/// Attribute bits a copy may change: transactional (a committed transaction is
+/// copied as plain batches) and control.
+const COPY_CHANGES_ATTRIBUTES: i16 = 0x10 | 0x20;
+
+/// What the copy of a batch keeps from the original: attributes (but the bits above),
+/// offsets delta, timestamps, record count and the records.
+pub(super) fn fingerprint(batch: &RecordBatch) -> u64 {
+    let h = batch.header();
+    let mut s = DefaultHasher::new();
+    (h.attributes & !COPY_CHANGES_ATTRIBUTES).hash(&mut s);
+    h.last_offset_delta.hash(&mut s);
+    h.base_timestamp.hash(&mut s);
+    h.max_timestamp.hash(&mut s);
+    h.record_count.hash(&mut s);
+    batch.records_bytes().hash(&mut s);
+    s.finish()
 }
