@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use indexmap::IndexMap;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -22,9 +21,7 @@ use kafka_protocol::messages::{
     ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record};
 use kafka_tee::protocol::batch::RecordBatch;
 use kafka_tee::protocol::peek_request_header;
 use kafka_tee::protocol::produce::parse_produce_request;
@@ -38,34 +35,14 @@ fn record_batch(count: usize, value_size: usize, compression: Compression) -> By
         .map(|i| b'A' + (i * 7 % 26) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let records: Vec<Record> = (0..count)
+    let records: Vec<Record> = (0..count as i64)
         .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
             producer_id: 4242,
             producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: None,
-            value: Some(value.clone()),
-            headers: IndexMap::new(),
+            ..kafka_tee::testing::record(i, value.clone())
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    kafka_tee::testing::encode_batch(&records, compression)
 }
 
 /// A Produce request frame (header included, length prefix excluded, as the session
@@ -97,12 +74,7 @@ fn produce_request(version: i16, topics: &[(&str, usize)], batch: &Bytes) -> Byt
                 })
                 .collect(),
         );
-    let mut b = BytesMut::new();
-    header
-        .encode(&mut b, ApiKey::Produce.request_header_version(version))
-        .expect("header");
-    req.encode(&mut b, version).expect("body");
-    b.freeze()
+    kafka_tee::testing::encode_request(&header, &req)
 }
 
 fn produce_response_msg(topics: &[(&str, usize)]) -> ProduceResponse {

@@ -20,18 +20,18 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorResponse, MetadataResponse, RequestHeader, ResponseHeader,
+    FindCoordinatorResponse, MetadataResponse,
     api_versions_response::ApiVersion,
     describe_groups_response::{DescribedGroup, DescribedGroupMember},
     find_coordinator_response::Coordinator,
     metadata_response::MetadataResponseBroker,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -435,34 +435,20 @@ async fn describing_coordinator(group: &str, members: Vec<DescribedMember>) -> S
     format!("127.0.0.1:{port}")
 }
 
-fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &T) -> Bytes {
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    let mut h = ResponseHeader::default();
-    h.correlation_id = correlation_id;
-    h.encode(&mut buf, T::header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version).expect("body");
-    let len = i32::try_from(buf.len() - 4).expect("frame size");
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    buf.freeze()
-}
+use kafka_tee::testing::{ReadRequest, read_request, respond};
 
 async fn describe_serve(mut sock: tokio::net::TcpStream, group: DescribedGroup, port: u16) {
     const NODE: i32 = 1;
     loop {
-        let Ok(len) = sock.read_i32().await else {
+        let Some(ReadRequest {
+            key,
+            version,
+            header,
+            mut body,
+        }) = read_request(&mut sock).await
+        else {
             return;
         };
-        let mut body = vec![0u8; usize::try_from(len).expect("frame length")];
-        if sock.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let mut body = Bytes::from(body);
-        let key = ApiKey::try_from((&body[..2]).get_i16()).expect("api key");
-        let version = (&body[2..4]).get_i16();
-        let header = RequestHeader::decode(&mut body, key.request_header_version(version))
-            .expect("request header");
         let cid = header.correlation_id;
         let frame = match key {
             ApiKey::ApiVersions => {

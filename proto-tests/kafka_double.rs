@@ -16,12 +16,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
     FetchResponse, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
     api_versions_response::ApiVersion,
     create_topics_response::CreatableTopicResult,
     fetch_response::{FetchableTopicResponse, PartitionData},
@@ -29,10 +28,10 @@ use kafka_protocol::messages::{
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_tee::protocol::batch::RecordBatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the mock does with a batch, by the batch's tag.
@@ -317,33 +316,19 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, host: 
     }
 }
 
-fn respond<T: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &T) -> Bytes {
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    let mut h = ResponseHeader::default();
-    h.correlation_id = correlation_id;
-    h.encode(&mut buf, T::header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version).expect("body");
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    buf.freeze()
-}
+use kafka_tee::testing::{ReadRequest, read_request, respond};
 
 async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, host: Arc<str>, port: u16) {
     loop {
-        let Ok(len) = sock.read_i32().await else {
+        let Some(ReadRequest {
+            key,
+            version,
+            header,
+            mut body,
+        }) = read_request(&mut sock).await
+        else {
             return;
         };
-        let mut body = vec![0u8; len as usize];
-        if sock.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let mut body = Bytes::from(body);
-        let key = ApiKey::try_from((&body[..2]).get_i16()).expect("api key");
-        let version = (&body[2..4]).get_i16();
-        let header = RequestHeader::decode(&mut body, key.request_header_version(version))
-            .expect("request header");
         let cid = header.correlation_id;
         let (frame, close) = match key {
             ApiKey::ApiVersions => {

@@ -12,16 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use indexmap::IndexMap;
 use kafka_protocol::messages::{
     ProduceRequest, TopicName,
     produce_request::{PartitionProduceData, TopicProduceData},
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record};
 use kafka_tee::client::{Client, ClientConfig, Cluster, IsolationLevel};
 use kafka_tee::config::Config;
 use kafka_tee::protocol::batch::{HEADER_LEN, RecordBatch, split_batches};
@@ -153,36 +151,18 @@ fn batch(tag: &str, n: usize, compression: Compression) -> Bytes {
                 StrBytes::from_string(format!("h-{tag}")),
                 Some(Bytes::from(format!("{i}"))),
             );
+            let value = Bytes::from(format!("value {tag} {i} ").repeat(20));
             Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
                 // offset - sequence stays constant, so the encoder makes one batch
                 // with base sequence -1.
                 sequence: i as i32 - 1,
-                timestamp: 1_700_000_000_000 + i as i64,
                 key: (i % 2 == 0).then(|| Bytes::from(format!("key-{tag}-{i}"))),
-                value: Some(Bytes::from(format!("value {tag} {i} ").repeat(20))),
                 headers,
+                ..kafka_tee::testing::record(i as i64, value)
             }
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode");
-    buf.freeze()
+    kafka_tee::testing::encode_batch(&recs, compression)
 }
 
 /// Produces one batch to DC1 and returns its base offset.

@@ -25,6 +25,7 @@
 //!   CLI's client for it.
 //! - `alloc`: the process allocator (huge single allocations reserved lazily).
 //! - `sync`: lock helpers that survive a poisoned mutex.
+//! - `testing`: encoders and a fake broker's request reader for tests and benches.
 
 pub mod admin;
 pub mod alloc;
@@ -39,4 +40,6 @@ pub mod server;
 pub mod status;
 pub mod sync;
 pub mod tee;
+#[doc(hidden)]
+pub mod testing;
 pub mod verify;

@@ -232,8 +232,8 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
-    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::messages::{ProduceRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::StrBytes;
     use proptest::prelude::*;
 
     fn encode(version: i16, acks: i16, txn: Option<&str>) -> Bytes {
@@ -258,12 +258,7 @@ mod tests {
                             .with_records(Some(Bytes::from_static(b"batch-three"))),
                     ]),
             ]);
-        let mut b = BytesMut::new();
-        header
-            .encode(&mut b, ApiKey::Produce.request_header_version(version))
-            .expect("header");
-        req.encode(&mut b, version).expect("body");
-        b.freeze()
+        crate::testing::encode_request(&header, &req)
     }
 
     #[test]

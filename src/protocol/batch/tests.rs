@@ -1,9 +1,7 @@
 use super::*;
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, TimestampType};
 use proptest::prelude::*;
 
 const CODECS: [Compression; 5] = [
@@ -58,19 +56,7 @@ fn records(n: usize, transactional: bool) -> Vec<Record> {
         .collect()
 }
 
-fn encode(recs: &[Record], compression: Compression) -> Bytes {
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode");
-    buf.freeze()
-}
+use crate::testing::encode_batch as encode;
 
 #[test]
 fn header_fields_are_read() {

@@ -143,41 +143,15 @@ impl PartitionQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use crate::testing::{encode_batch, record};
+    use bytes::Bytes;
+    use kafka_protocol::records::{Compression, Record};
 
     pub(crate) fn batch(n: i64) -> Bytes {
         let recs: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                // The encoder starts a new batch where offset - sequence changes.
-                sequence: i as i32,
-                timestamp: 1,
-                key: None,
-                value: Some(Bytes::from_static(b"v")),
-                headers: Default::default(),
-            })
+            .map(|i| record(i, Bytes::from_static(b"v")))
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &recs,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .expect("encode");
-        buf.freeze()
+        encode_batch(&recs, Compression::None)
     }
 
     #[test]
