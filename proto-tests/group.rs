@@ -40,6 +40,7 @@ use kafka_tee::tee::TopicPartition;
 use kafka_tee::tee::replicator::assign::{self, PROTOCOL, PROTOCOL_TYPE};
 use kafka_tee::tee::replicator::membership::{self, Assignment, GroupSettings};
 use kafka_tee::tee::replicator::owners::owners;
+use kafka_tee::testing::{ReadRequest, read_request, respond};
 
 struct Broker {
     child: Child,
@@ -434,8 +435,6 @@ async fn describing_coordinator(group: &str, members: Vec<DescribedMember>) -> S
     });
     format!("127.0.0.1:{port}")
 }
-
-use kafka_tee::testing::{ReadRequest, read_request, respond};
 
 async fn describe_serve(mut sock: tokio::net::TcpStream, group: DescribedGroup, port: u16) {
     const NODE: i32 = 1;

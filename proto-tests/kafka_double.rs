@@ -31,6 +31,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_tee::protocol::batch::RecordBatch;
+use kafka_tee::testing::{ReadRequest, read_request, respond};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -315,8 +316,6 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, host: 
         tokio::spawn(serve(sock, state.clone(), host.clone(), port));
     }
 }
-
-use kafka_tee::testing::{ReadRequest, read_request, respond};
 
 async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, host: Arc<str>, port: u16) {
     loop {
