@@ -699,6 +699,19 @@ def ratio(a, b):
     return None if a is None or not b else a / b
 
 
+def _row(path: str, r: dict, base, catchup: bool) -> str:
+    """One path's row of the throughput table (`catchup`: with the DC2 catch-up
+    column) or of the sink table; `base` is what the ratio column divides by."""
+    cells = [path, fmt(r["records_per_s"]), fmt(r["mb_per_s"], ".1f"),
+             fmt(ratio(r["records_per_s"], base), ".2f"), fmt(r["p99_ms"], ".1f"),
+             fmt(r["proxy_peak_rss_mib"], ".1f"), fmt(r["proxy_cpu_us_per_record"], ".2f"),
+             fmt(sum(r["cpu_us_per_record"].values()), ".2f")]
+    if catchup:
+        cells.append(fmt(r["dc2_catchup_s"], ".3f"))
+    cells.append(fmt(r["foreign_cores"], ".2f"))
+    return "| " + " | ".join(cells) + " |"
+
+
 def table(result: dict) -> str:
     t, s = result["throughput"], result["sink"]
     d = t.get("direct", {}).get("records_per_s")
@@ -706,32 +719,15 @@ def table(result: dict) -> str:
             "| proxy CPU µs/record | all processes CPU µs/record | DC2 catch-up s "
             "| other load, cores |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for path in THROUGHPUT_PATHS:
-        if path not in t:
-            continue
-        r = t[path]
-        rows.append(f"| {path} | {fmt(r['records_per_s'])} | {fmt(r['mb_per_s'], '.1f')} | "
-                    f"{fmt(ratio(r['records_per_s'], d), '.2f')} | {fmt(r['p99_ms'], '.1f')} | "
-                    f"{fmt(r['proxy_peak_rss_mib'], '.1f')} | "
-                    f"{fmt(r['proxy_cpu_us_per_record'], '.2f')} | "
-                    f"{fmt(sum(r['cpu_us_per_record'].values()), '.2f')} | "
-                    f"{fmt(r['dc2_catchup_s'], '.3f')} | {fmt(r['foreign_cores'], '.2f')} |")
+    rows += [_row(path, t[path], d, catchup=True) for path in THROUGHPUT_PATHS if path in t]
     if s:
         relay = s.get("sink-relay", {}).get("records_per_s")
         rows += ["", "| forwarding capacity (no broker) | records/s | MB/s | x L4 relay | "
                  "p99 ms | proxy peak RSS MiB | proxy CPU µs/record | "
                  "all processes CPU µs/record | other load, cores |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for path in SINK_PATHS:
-            if path not in s:
-                continue
-            r = s[path]
-            rows.append(f"| {path} | {fmt(r['records_per_s'])} | {fmt(r['mb_per_s'], '.1f')} | "
-                        f"{fmt(ratio(r['records_per_s'], relay), '.2f')} | "
-                        f"{fmt(r['p99_ms'], '.1f')} | {fmt(r['proxy_peak_rss_mib'], '.1f')} | "
-                        f"{fmt(r['proxy_cpu_us_per_record'], '.2f')} | "
-                        f"{fmt(sum(r['cpu_us_per_record'].values()), '.2f')} | "
-                        f"{fmt(r['foreign_cores'], '.2f')} |")
+        rows += [_row(path, s[path], relay, catchup=False) for path in SINK_PATHS
+                 if path in s]
     for key, rate_key, what in (("latency", "latency_rate", "half of direct's peak"),
                                 ("latency_light", "light_rate", "light load")):
         lat = result.get(key) or {}

@@ -40,20 +40,28 @@ def logdir(tmp_path: Path) -> Path:
     return d
 
 
+def _factory(request, start):
+    """The body of a factory fixture: yields a function that starts one more process
+    with `start(n, *args, **kwargs)` (n: how many it started before) and returns what
+    that returns (a Broker or a Proxy); their logs go to a failed test's report, and
+    they are stopped at teardown, in start order."""
+    started: list = []
+
+    def start_one(*args, **kwargs):
+        p = start(len(started), *args, **kwargs)
+        _register(request, p.proc)
+        started.append(p)
+        return p
+
+    yield start_one
+    for p in started:
+        p.stop()
+
+
 @pytest.fixture
 def tansu(request, logdir):
     """Factory: tansu("dc1") starts a broker for that cluster id and returns a Broker."""
-    started: list[harness.Broker] = []
-
-    def start(name: str) -> harness.Broker:
-        b = harness.start_tansu(name, logdir)
-        _register(request, b.proc)
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        b.stop()
+    yield from _factory(request, lambda _n, name: harness.start_tansu(name, logdir))
 
 
 @pytest.fixture
@@ -80,29 +88,35 @@ def proxy(request, logdir, kafka_tee_bin):
     """Factory: proxy(dc1.bootstrap, target=..., admin=True, state_dir=..., extra=[...])
     starts kafka-tee and returns a harness.Proxy; stopped (SIGTERM, then SIGKILL) at
     teardown."""
-    started: list[harness.Proxy] = []
+    def start(n: int, source: str, **kwargs) -> harness.Proxy:
+        kwargs.setdefault("name", f"kafka-tee-{n}" if n else "kafka-tee")
+        return harness.start_proxy(source, logdir, **kwargs)
 
-    def start(source: str, **kwargs) -> harness.Proxy:
-        kwargs.setdefault("name", f"kafka-tee-{len(started)}" if started else "kafka-tee")
-        p = harness.start_proxy(source, logdir, **kwargs)
-        _register(request, p.proc)
-        started.append(p)
-        return p
+    yield from _factory(request, start)
 
-    yield start
-    for p in started:
-        p.stop()
+
+def _relayed_tansu(request, logdir, name: str):
+    """The body of the relayed_* fixtures: yields (broker, relay), a Tansu broker
+    that listens on its own port but advertises the relay's, so that every connection
+    a client makes after reading metadata goes through the relay."""
+    relay_port = harness.free_port()
+    broker_port = harness.free_port()
+    relay = Relay((HOST, broker_port), relay_port).start()
+    broker = teeutil.start_tansu_at(name, logdir, broker_port, advertised_port=relay_port)
+    _register(request, broker.proc)
+    yield broker, relay
+    relay.stop()
+    broker.stop()
+
+
+@pytest.fixture
+def relayed_dc1(request, logdir):
+    """A DC1 Tansu broker behind a relay (advertised at the relay's port)."""
+    yield from _relayed_tansu(request, logdir, "dc1")
 
 
 @pytest.fixture
 def relayed_dc2(request, logdir):
     """A DC2 Tansu broker behind a relay: it listens on its own port but advertises
     the relay's, so every DC2 connection the proxy makes goes through the relay."""
-    relay_port = harness.free_port()
-    broker_port = harness.free_port()
-    relay = Relay((HOST, broker_port), relay_port).start()
-    broker = teeutil.start_tansu_at("dc2", logdir, broker_port, advertised_port=relay_port)
-    teeutil.register(request, broker.proc)
-    yield broker, relay
-    relay.stop()
-    broker.stop()
+    yield from _relayed_tansu(request, logdir, "dc2")

@@ -383,15 +383,19 @@ def run_proxy_expecting_exit(argv: list[str], timeout: float = 20.0) -> subproce
 
 @dataclass(frozen=True)
 class Rec:
-    """One record as a client sees it."""
+    """One record as a client sends or reads it. Records are equal when every field
+    is. `timestamp` (ms) is None when the producer's clock sets it, and in what
+    harness's consumers read (they do not keep timestamps; teeutil's readers do)."""
 
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
     partition: int | None = None
     offset: int | None = None
+    timestamp: int | None = None
 
     def content(self) -> tuple:
+        """Key, value and headers: what a record carries, wherever it is stored."""
         return (self.key, self.value, self.headers)
 
 
@@ -475,11 +479,11 @@ class ProduceResult:
 
 def produce_confluent(bootstrap: str, topic: str, records: Iterable,
                       timeout: float = 60, before_close=None, **conf) -> ProduceResult:
-    """Produces with confluent-kafka; returns the records (`Rec`, or any record
-    dataclass with partition and offset fields, and optionally a timestamp) with their
-    partition and offset, in delivery-report order (per partition, that is offset
-    order; -1 when the producer does not learn it, acks=0). `before_close()` runs after
-    the flush, while the producer's connections are still open."""
+    """Produces `Rec`s with confluent-kafka (with their timestamp when it is set);
+    returns them with their partition and offset, in delivery-report order (per
+    partition, that is offset order; -1 when the producer does not learn it, acks=0).
+    `before_close()` runs after the flush, while the producer's connections are still
+    open."""
     from confluent_kafka import Producer
 
     conf.setdefault("linger.ms", 5)
@@ -497,7 +501,7 @@ def produce_confluent(bootstrap: str, topic: str, records: Iterable,
         kwargs = {}
         if rec.partition is not None:
             kwargs["partition"] = rec.partition
-        if getattr(rec, "timestamp", None) is not None:
+        if rec.timestamp is not None:
             kwargs["timestamp"] = rec.timestamp
         while True:
             try:
@@ -600,7 +604,7 @@ def produce_kafka_python(bootstrap: str, topic: str, records: Iterable,
         for rec in records:
             fut = p.send(topic, key=rec.key, value=rec.value, headers=list(rec.headers),
                          partition=rec.partition,
-                         timestamp_ms=getattr(rec, "timestamp", None))
+                         timestamp_ms=rec.timestamp)
             futures.append((rec, fut))
         p.flush(timeout=timeout)
         for rec, fut in futures:

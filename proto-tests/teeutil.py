@@ -1,7 +1,7 @@
-"""Helpers for the tee and fault tests: records with explicit timestamps, producers and
-consumers that keep them, a producer running in the background during a fault, reading
-a cluster until given keys showed up, the replication check, `kafka-tee verify`, and
-config files.
+"""Helpers for the tee and fault tests: records (harness's `Rec`) with explicit
+timestamps, producers and consumers that keep them, a producer running in the
+background during a fault, reading a cluster until given keys showed up, the
+replication check, `kafka-tee verify`, and config files.
 
 Everything reads the clusters directly (never through the proxy) and is bounded in
 time.
@@ -17,24 +17,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import harness
-from harness import HOST
+from harness import HOST, Rec
 
 # --------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class TRec:
-    """A record with its timestamp, as produced or consumed."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-    timestamp: int | None = None  # ms; None: the producer's clock
-    partition: int | None = None
-    offset: int | None = None
-
-    def content(self) -> tuple:
-        return (self.key, self.value, self.headers, self.timestamp)
 
 
 # A fixed point an hour in the past: explicit timestamps that no clock produces.
@@ -43,7 +28,7 @@ TS_BASE = int(time.time() * 1000) - 3_600_000
 
 def make_trecords(n: int, tag: str, partitions: int | None = None,
                   value_size: int = 0, with_timestamps: bool = True,
-                  null_keys: bool = False) -> list[TRec]:
+                  null_keys: bool = False) -> list[Rec]:
     """Distinct values, headers (some empty) and explicit, increasing timestamps an
     hour in the past; distinct keys, except that with `null_keys` every fifth record
     has none. Record i goes to partition i % partitions when `partitions` is given."""
@@ -54,9 +39,9 @@ def make_trecords(n: int, tag: str, partitions: int | None = None,
         headers = (("i", str(i).encode()), ("tag", tag.encode()))
         if i % 3 == 0:
             headers += (("empty", b""),)
-        out.append(TRec(key, f"v{tag}-{i}-".encode() + pad, headers,
-                        TS_BASE + i if with_timestamps else None,
-                        (i % partitions) if partitions else None))
+        out.append(Rec(key, f"v{tag}-{i}-".encode() + pad, headers,
+                       partition=(i % partitions) if partitions else None,
+                       timestamp=TS_BASE + i if with_timestamps else None))
     return out
 
 
@@ -67,7 +52,6 @@ by_partition = harness.by_partition
 # -------------------------------------------------------------------- producing
 
 
-# TRec carries a timestamp, which harness's producers send when it is set.
 Produced = harness.ProduceResult
 produce_confluent = harness.produce_confluent
 produce_kafka_python = harness.produce_kafka_python
@@ -182,7 +166,7 @@ class Reader:
             "fetch.wait.max.ms": 100,
         }))
         self.c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        self.records: list[TRec] = []
+        self.records: list[Rec] = []
         self.keys: dict[bytes | None, int] = {}
         self.last_new = time.monotonic()
 
@@ -200,8 +184,8 @@ class Reader:
                     if m.error().fatal():
                         raise AssertionError(f"consumer error: {m.error()}")
                     continue
-                r = TRec(m.key(), m.value(), _norm_headers(m.headers()), m.timestamp()[1],
-                         m.partition(), m.offset())
+                r = Rec(m.key(), m.value(), _norm_headers(m.headers()), m.partition(),
+                        m.offset(), timestamp=m.timestamp()[1])
                 self.records.append(r)
                 self.keys[r.key] = self.keys.get(r.key, 0) + 1
                 n += 1
@@ -219,7 +203,7 @@ class Reader:
 
 
 def read_until(bootstrap: str, topic: str, done, timeout: float, idle: float = 1.0,
-               read_committed: bool = False) -> tuple[list[TRec], float | None]:
+               read_committed: bool = False) -> tuple[list[Rec], float | None]:
     """Reads the whole topic until `done(reader)` is true (then `idle` more seconds with
     nothing new, to see trailing extras) or `timeout`. Returns the records and the
     seconds it took until `done` held (None if it never did)."""
@@ -241,7 +225,7 @@ def read_until(bootstrap: str, topic: str, done, timeout: float, idle: float = 1
 
 
 def read_count(bootstrap: str, topic: str, n: int, timeout: float = 30,
-               read_committed: bool = False) -> list[TRec]:
+               read_committed: bool = False) -> list[Rec]:
     """Reads until at least `n` records (then a short look for extras)."""
     recs, _ = read_until(bootstrap, topic, lambda r: len(r.records) >= n, timeout,
                          idle=0.5, read_committed=read_committed)
@@ -249,7 +233,7 @@ def read_count(bootstrap: str, topic: str, n: int, timeout: float = 30,
 
 
 def read_all(bootstrap: str, topic: str, idle: float = 1.5, timeout: float = 30,
-             read_committed: bool = False) -> list[TRec]:
+             read_committed: bool = False) -> list[Rec]:
     """Reads until nothing new came for `idle` seconds after the first record (or
     `idle` + 3 seconds with nothing at all)."""
     t0 = time.monotonic()
@@ -267,11 +251,12 @@ def read_all(bootstrap: str, topic: str, idle: float = 1.5, timeout: float = 30,
 # ------------------------------------------------------------------- comparing
 
 
-def assert_same_partitions(want: Sequence[TRec], got: Sequence[TRec], what: str,
+def assert_same_partitions(want: Sequence[Rec], got: Sequence[Rec], what: str,
                            compare_timestamps: bool = True) -> None:
-    """Per partition, `got` holds exactly `want` (content and timestamp), in order."""
-    def content(r: TRec):
-        return r.content() if compare_timestamps else r.content()[:3]
+    """Per partition, `got` holds exactly `want` (content and, with
+    `compare_timestamps`, timestamp), in order."""
+    def content(r: Rec):
+        return (*r.content(), r.timestamp) if compare_timestamps else r.content()
 
     w, g = by_partition(want), by_partition(got)
     problems = []
@@ -289,7 +274,7 @@ def assert_same_partitions(want: Sequence[TRec], got: Sequence[TRec], what: str,
     assert not problems, f"{what}:\n  " + "\n  ".join(problems)
 
 
-def sorted_by_offset(recs: Iterable[TRec]) -> list[TRec]:
+def sorted_by_offset(recs: Iterable[Rec]) -> list[Rec]:
     """By partition, then offset (records acked without an offset first)."""
     return sorted(recs, key=lambda r: (r.partition, -1 if r.offset is None else r.offset))
 
@@ -304,8 +289,8 @@ class ReplicationCheck:
     acked_without_offset: int = 0
 
 
-def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
-                     dc2: Sequence[TRec], acked_offsets: bool = True) -> ReplicationCheck:
+def check_replicated(acked: Sequence[Rec], dc1: Sequence[Rec],
+                     dc2: Sequence[Rec], acked_offsets: bool = True) -> ReplicationCheck:
     """Every acked record is in DC1 (at its acked offset, unless `acked_offsets` is
     false) and in DC2; so is every other DC1 record; in DC2 the first copies come in DC1
     order. Records are told apart by key (every key is unique per test run)."""
@@ -375,7 +360,7 @@ def check_replicated(acked: Sequence[TRec], dc1: Sequence[TRec],
 
 
 def read_holding(bootstrap: str, topic: str, keys: set, timeout: float = 30,
-                 attempts: int = 3) -> list[TRec]:
+                 attempts: int = 3) -> list[Rec]:
     """Reads the whole topic until it holds every key in `keys`. A read that ends
     without them all is described (what is missing, where each partition's records
     start) and repeated with a new consumer, up to `attempts` reads: a reader of the
@@ -395,7 +380,7 @@ def read_holding(bootstrap: str, topic: str, keys: set, timeout: float = 30,
                          f"acked record")
 
 
-def assert_dc2_identical(dc1: str, dc2: str, topic: str, acked: Sequence[TRec],
+def assert_dc2_identical(dc1: str, dc2: str, topic: str, acked: Sequence[Rec],
                          timeout: float, acked_offsets: bool = True,
                          ) -> tuple[ReplicationCheck, float | None]:
     """Reads DC1 until it holds every acked record, then DC2 until it holds every DC1
@@ -445,7 +430,7 @@ class LoadProducer:
                      "message.timeout.ms": 120000, "request.timeout.ms": 10000,
                      "max.in.flight.requests.per.connection": 5}
         self.conf.update(conf)
-        self.acked: list[TRec] = []
+        self.acked: list[Rec] = []
         self.errors: list[str] = []
         # (seconds since the producer started, delivery latency in seconds)
         self.latencies: list[tuple[float, float]] = []
@@ -485,7 +470,7 @@ class LoadProducer:
                 raise AssertionError(f"producer thread ended; errors {self.errors[:3]}")
             time.sleep(0.1)
 
-    def acked_snapshot(self) -> list[TRec]:
+    def acked_snapshot(self) -> list[Rec]:
         with self._lock:
             return list(self.acked)
 
@@ -495,7 +480,7 @@ class LoadProducer:
         with self._lock:
             return [lat for at, lat in self.latencies if at >= warmup]
 
-    def stop(self, flush_timeout: float = 60) -> list[TRec]:
+    def stop(self, flush_timeout: float = 60) -> list[Rec]:
         """Stops producing, waits for every outstanding delivery report."""
         self._flush_timeout = flush_timeout
         self._stop.set()
@@ -518,8 +503,9 @@ class LoadProducer:
                     self.errors.append(f"{key!r}: {err}")
                     return
                 self.latencies.append((at - t0, time.monotonic() - at))
-                self.acked.append(TRec(key, msg.value(), _norm_headers(msg.headers()),
-                                       msg.timestamp()[1], msg.partition(), msg.offset()))
+                self.acked.append(Rec(key, msg.value(), _norm_headers(msg.headers()),
+                                      msg.partition(), msg.offset(),
+                                      timestamp=msg.timestamp()[1]))
 
         i = 0
         while not self._stop.is_set():

@@ -40,8 +40,8 @@ import pytest
 import harness
 import rawkafka
 import teeutil
-from harness import REPO, unique
-from teeutil import TRec, assert_same_partitions, read_count, run_verify, sorted_by_offset
+from harness import REPO, Rec, unique
+from teeutil import assert_same_partitions, read_count, run_verify, sorted_by_offset
 
 PARTITIONS = 3
 PER_ROUND = 30  # records per produce round
@@ -73,7 +73,7 @@ def _missing(what: str) -> None:
 
 @dataclass
 class Consumed:
-    records: list[TRec]
+    records: list[Rec]
     errors: list[dict]
 
 
@@ -94,13 +94,13 @@ class Client:
         self.request, self.logdir = request, logdir
         self.runs = 0
 
-    def records(self, tag: str) -> list[TRec]:
+    def records(self, tag: str) -> list[Rec]:
         recs = teeutil.make_trecords(PER_ROUND, f"{self.name}-{tag}", partitions=PARTITIONS,
                                      with_timestamps=self.timestamps,
                                      null_keys=self.null_keys)
         return recs
 
-    def produce(self, bootstrap: str, topic: str, records: list[TRec], codec: str,
+    def produce(self, bootstrap: str, topic: str, records: list[Rec], codec: str,
                 idempotent: bool) -> teeutil.Produced:
         raise NotImplementedError
 
@@ -137,9 +137,7 @@ class PythonClient(Client):
     def consume(self, bootstrap, topic, group, expected):
         consume = (harness.consume_confluent if isinstance(self, Confluent)
                    else harness.consume_kafka_python)
-        recs = consume(bootstrap, topic, expected, group=group)
-        return Consumed([TRec(r.key, r.value, r.headers, None, r.partition, r.offset)
-                         for r in recs], [])
+        return Consumed(consume(bootstrap, topic, expected, group=group), [])
 
 
 class Confluent(PythonClient):
@@ -180,9 +178,9 @@ class Kcat(Client):
     def records(self, tag):
         out = []
         for r in super().records(tag):
-            out.append(TRec(r.key, r.value, (("tag", tag.encode()),
-                                             ("p", str(r.partition).encode())),
-                            None, r.partition))
+            out.append(Rec(r.key, r.value, (("tag", tag.encode()),
+                                            ("p", str(r.partition).encode())),
+                           partition=r.partition))
         return out
 
     def produce(self, bootstrap, topic, records, codec, idempotent):
@@ -202,7 +200,7 @@ class Kcat(Client):
             if proc.returncode != 0 or "ERROR" in log or "failed" in log.lower():
                 res.errors.append(f"kcat exit {proc.returncode}: {log[-2000:]}")
             else:
-                res.acked += [TRec(r.key, r.value, r.headers, None, p, None) for r in recs]
+                res.acked += [Rec(r.key, r.value, r.headers, partition=p) for r in recs]
         return res
 
     def consume(self, bootstrap, topic, group, expected):
@@ -218,9 +216,9 @@ class Kcat(Client):
                 continue
             m = json.loads(line)
             h = m.get("headers") or []
-            out.append(TRec(_b(m["key"]), _b(m["payload"]),
-                            tuple((h[i], h[i + 1].encode()) for i in range(0, len(h), 2)),
-                            None, m["partition"], m["offset"]))
+            out.append(Rec(_b(m["key"]), _b(m["payload"]),
+                           tuple((h[i], h[i + 1].encode()) for i in range(0, len(h), 2)),
+                           partition=m["partition"], offset=m["offset"]))
         if proc.returncode != 0:
             errors.append({"message": f"kcat exit {proc.returncode}: {proc.log_tail(20)}"})
         return Consumed(out, errors)
@@ -230,17 +228,17 @@ def _b(s: str | None) -> bytes | None:
     return None if s is None else s.encode()
 
 
-def _to_json(r: TRec) -> dict:
+def _to_json(r: Rec) -> dict:
     return {"key": None if r.key is None else r.key.decode(),
             "value": None if r.value is None else r.value.decode(),
             "headers": [[k, v.decode()] for k, v in r.headers],
             "partition": r.partition}
 
 
-def _from_json(m: dict) -> TRec:
-    return TRec(_b(m["key"]), _b(m["value"]),
-                tuple((k, v.encode()) for k, v in m.get("headers") or []),
-                None, m["partition"], m.get("offset"))
+def _from_json(m: dict) -> Rec:
+    return Rec(_b(m["key"]), _b(m["value"]),
+               tuple((k, v.encode()) for k, v in m.get("headers") or []),
+               partition=m["partition"], offset=m.get("offset"))
 
 
 class Driver(Client):
@@ -350,18 +348,18 @@ def tee(dc1, dc2, proxy, tmp_path) -> Tee:
                                state_dir=tmp_path / "state"))
 
 
-def content(recs: Sequence[TRec]) -> list[TRec]:
+def content(recs: Sequence[Rec]) -> list[Rec]:
     """Records without timestamp and offset (what a client sent)."""
-    return [TRec(r.key, r.value, r.headers, None, r.partition) for r in recs]
+    return [Rec(r.key, r.value, r.headers, partition=r.partition) for r in recs]
 
 
 def produce_rounds(c: Client, t: Tee, topic: str, rounds: Sequence[tuple[str, bool]],
-                   ) -> list[TRec]:
+                   ) -> list[Rec]:
     """Produces one round of records per (codec, idempotent) through the proxy and
     returns DC1's records (read directly) after checking that DC1 holds exactly what
     was sent, in send order per partition, and that its batches carry the codec and,
     when idempotent, a producer id."""
-    sent: list[TRec] = []
+    sent: list[Rec] = []
     for codec, idem in rounds:
         recs = c.records(f"{codec}{'-idem' if idem else ''}")
         res = c.produce(t.px.bootstrap, topic, recs, codec, idem)
@@ -383,7 +381,7 @@ def produce_rounds(c: Client, t: Tee, topic: str, rounds: Sequence[tuple[str, bo
     return sorted_by_offset(dc1)
 
 
-def check_dc2(t: Tee, topic: str, dc1: list[TRec], what: str) -> None:
+def check_dc2(t: Tee, topic: str, dc1: list[Rec], what: str) -> None:
     dc2 = read_count(t.dc2.bootstrap, topic, len(dc1), timeout=DC2_WAIT)
     assert_same_partitions(dc1, dc2, f"{what}: DC2 vs DC1")
     v = run_verify(t.dc1.bootstrap, t.dc2.bootstrap, [topic])
@@ -391,7 +389,7 @@ def check_dc2(t: Tee, topic: str, dc1: list[TRec], what: str) -> None:
         f"verify exit {v.returncode}\n{v.stdout}\n{v.stderr}")
 
 
-def check_consumed(c: Client, got: Consumed, dc1: list[TRec], what: str) -> None:
+def check_consumed(c: Client, got: Consumed, dc1: list[Rec], what: str) -> None:
     assert got.errors == [], f"{c.name} {what}: {got.errors[:3]}"
     assert_same_partitions(content(dc1), content(got.records), f"{c.name} {what} vs DC1")
     assert [(r.partition, r.offset) for r in sorted_by_offset(got.records)] == \

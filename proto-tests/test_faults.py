@@ -22,7 +22,6 @@ import harness
 import rawkafka
 import teeutil
 from harness import HOST, unique
-from relay import Relay
 from teeutil import (LoadProducer, Reader, check_replicated, metric, read_until,
                      write_config)
 
@@ -167,17 +166,7 @@ def test_slow_link_then_cut_then_restored(dc1, relayed_dc2, proxy, tmp_path):
     settle(lp, dc1, dc2, topic, "relay")
 
 
-@pytest.fixture
-def relayed_dc1(request, logdir):
-    """A DC1 Tansu broker behind a relay (advertised at the relay's port)."""
-    relay_port = harness.free_port()
-    broker_port = harness.free_port()
-    relay = Relay((HOST, broker_port), relay_port).start()
-    broker = teeutil.start_tansu_at("dc1", logdir, broker_port, advertised_port=relay_port)
-    teeutil.register(request, broker.proc)
-    yield broker, relay
-    relay.stop()
-    broker.stop()
+# relayed_dc1 and relayed_dc2: conftest.py.
 
 
 def dc1_record_count(dc1: harness.Broker, topic: str) -> int:
@@ -187,17 +176,25 @@ def dc1_record_count(dc1: harness.Broker, topic: str) -> int:
                if not b.control)
 
 
+def produce_into_dc2(px: harness.Proxy, dc2: harness.Broker, topic: str, n: int, tag: str,
+                     partitions: int = PARTITIONS) -> teeutil.Produced:
+    """Produces `n` records (spread over `partitions`) through `px` and waits until
+    `dc2` holds them; returns what was acked."""
+    res = teeutil.produce_confluent(px.bootstrap, topic,
+                                    teeutil.make_trecords(n, tag, partitions=partitions))
+    assert res.errors == []
+    with Reader(dc2.bootstrap, topic) as reader:
+        wait_dc2_has(reader, {r.key for r in res.acked}, CATCH_UP)
+    return res
+
+
 def topic_with_records_in_dc2(px: harness.Proxy, dc2: harness.Broker,
                               prefix: str) -> tuple[str, set[bytes]]:
     """A new one-partition topic with 20 records produced through `px` and in DC2;
     returns the topic and the records' keys."""
     topic = unique(prefix)
     harness.create_topic(px.bootstrap, topic, partitions=1)
-    before = teeutil.produce_confluent(px.bootstrap, topic,
-                                       teeutil.make_trecords(20, "before", partitions=1))
-    assert before.errors == []
-    with Reader(dc2.bootstrap, topic) as reader:
-        wait_dc2_has(reader, {r.key for r in before.acked}, CATCH_UP)
+    before = produce_into_dc2(px, dc2, topic, 20, "before", partitions=1)
     return topic, {r.key for r in before.acked}
 
 
@@ -352,11 +349,7 @@ def test_dc2_that_lost_its_log_is_reported(dc1, dc2, proxy, tmp_path, logdir, re
     dc2.proc.wait(timeout=10)
     fresh = teeutil.start_tansu_at("dc2", logdir, int(dc2.bootstrap.rsplit(":", 1)[1]))
     teeutil.register(request, fresh.proc)
-    after = teeutil.produce_confluent(px.bootstrap, topic,
-                                      teeutil.make_trecords(20, "after", partitions=1))
-    assert after.errors == []
-    with Reader(fresh.bootstrap, topic) as reader:
-        wait_dc2_has(reader, {r.key for r in after.acked}, CATCH_UP)
+    produce_into_dc2(px, fresh, topic, 20, "after", partitions=1)
     deadline = time.monotonic() + 10
     while metric(px, "kafka_tee_dc2_offset_jumps_total", rewound) == 0:
         assert time.monotonic() < deadline, "DC2 lost 20 acknowledged records unnoticed"
@@ -431,11 +424,7 @@ def test_proxy_killed_partition_without_new_records_still_caught_up(dc1, dc2, pr
     px = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=state)
     quiet = new_topic(px, "fault-kill-quiet")
     busy = new_topic(px, "fault-kill-busy")
-    first = teeutil.produce_confluent(px.bootstrap, quiet,
-                                      teeutil.make_trecords(30, "q0", partitions=PARTITIONS))
-    assert first.errors == []
-    with Reader(dc2.bootstrap, quiet) as reader:
-        wait_dc2_has(reader, {r.key for r in first.acked}, CATCH_UP)
+    first = produce_into_dc2(px, dc2, quiet, 30, "q0")
     dc2.proc.signal(signal.SIGSTOP)
     try:
         lp = LoadProducer(px.bootstrap, quiet, PARTITIONS, RATE).start()
@@ -474,11 +463,7 @@ def test_proxy_killed_with_transactions_not_yet_in_dc2(dc1, dc2, proxy, tmp_path
     state = tmp_path / "state"
     px = proxy(dc1.bootstrap, target=dc2.bootstrap, state_dir=state)
     topic = new_topic(px, "fault-kill-txn")
-    first = teeutil.produce_confluent(px.bootstrap, topic,
-                                      teeutil.make_trecords(30, "t0", partitions=PARTITIONS))
-    assert first.errors == []
-    with Reader(dc2.bootstrap, topic) as reader:
-        wait_dc2_has(reader, {r.key for r in first.acked}, CATCH_UP)
+    first = produce_into_dc2(px, dc2, topic, 30, "t0")
     dc2.proc.signal(signal.SIGSTOP)
     try:
         committed, aborted = teeutil.produce_transaction_mix(px.bootstrap, topic,

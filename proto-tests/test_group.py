@@ -275,7 +275,7 @@ def check_status_group(members: list[harness.Proxy], group: str, topic: str) -> 
 # ----------------------------------------------------------------------- settling
 
 
-def stop_load(producers: list[LoadProducer]) -> list[teeutil.TRec]:
+def stop_load(producers: list[LoadProducer]) -> list[harness.Rec]:
     acked = []
     for lp in producers:
         acked += lp.stop()
@@ -285,7 +285,7 @@ def stop_load(producers: list[LoadProducer]) -> list[teeutil.TRec]:
     return acked
 
 
-def settle(dc1, dc2, group: str, topic: str, acked: list[teeutil.TRec],
+def settle(dc1, dc2, group: str, topic: str, acked: list[harness.Rec],
            members: list[harness.Proxy]) -> tuple[teeutil.ReplicationCheck, float]:
     """DC2 identical to DC1, each record once, in DC1 order, `verify` exit 0; no live
     member saw another writer in DC2; the group's committed offsets at DC1's end."""
@@ -297,6 +297,22 @@ def settle(dc1, dc2, group: str, topic: str, acked: list[teeutil.TRec],
         assert jumps == 0, f"{m.proc.name} saw {jumps:.0f} DC2 offset jumps"
     assert_committed_at_end(dc1, group, topic, {r.key for r in acked})
     return chk, took
+
+
+def stop_and_settle(dc1, dc2, group: str, topic: str, producers: list[LoadProducer],
+                    members: list[harness.Proxy], seconds: float,
+                    ) -> tuple[teeutil.ReplicationCheck, float]:
+    """Lets the producers run `seconds` more, stops them (`stop_load`) and settles
+    (`settle`)."""
+    wait_acked_more(producers, seconds)
+    return settle(dc1, dc2, group, topic, stop_load(producers), members)
+
+
+def settled_text(chk: teeutil.ReplicationCheck, took: float) -> str:
+    """What `settle` found, for a test's report."""
+    return (f"acked {chk.acked}, DC1 {chk.dc1_records}, DC2 {chk.dc2_records} records, "
+            f"each once; DC2 complete after {took:.2f}s of reading; committed offsets at "
+            f"DC1's end")
 
 
 def wait_acked_more(producers: list[LoadProducer], seconds: float) -> None:
@@ -352,16 +368,12 @@ def test_member_killed_the_others_take_over(dc1, dc2, proxy, tmp_path):
     victim.proc.signal(signal.SIGKILL)
     victim.proc.wait(timeout=10)
     took_over, views = wait_stable(survivors, total, before + 1)
-    wait_acked_more(producers, 5)
-    acked = stop_load(producers)
-    chk, took = settle(dc1, dc2, group, topic, acked, members)
+    chk, took = stop_and_settle(dc1, dc2, group, topic, producers, members, 5)
     status = check_status_group(survivors, group, topic)
     print(f"\n[group kill] group formed in {formed:.2f}s; survivors settled in generation "
           f"{generation(views):.0f} {took_over:.2f}s after the SIGKILL; takeover metric: "
           f"{takeover_text(views)}")
-    print(f"[group kill] acked {chk.acked}, DC1 {chk.dc1_records}, DC2 {chk.dc2_records} "
-          f"records, each once; DC2 complete after {took:.2f}s of reading; committed "
-          f"offsets at DC1's end; {status}")
+    print(f"[group kill] {settled_text(chk, took)}; {status}")
 
 
 def test_member_added_then_one_leaves_with_sigterm(dc1, dc2, proxy, tmp_path):
@@ -381,17 +393,13 @@ def test_member_added_then_one_leaves_with_sigterm(dc1, dc2, proxy, tmp_path):
     assert rc == 0, f"SIGTERM: exit {rc}\n{leaving.proc.log_tail()}"
     rest = alive(members)
     took_over, views = wait_stable(rest, total, generation(views) + 1)
-    wait_acked_more(producers, 3)
-    acked = stop_load(producers)
-    chk, took = settle(dc1, dc2, group, topic, acked, members)
+    chk, took = stop_and_settle(dc1, dc2, group, topic, producers, members, 3)
     status = check_status_group(rest, group, topic)
     print(f"\n[group grow+leave] fourth member settled in {joined:.2f}s owning "
           f"{owned_by_new:.0f}; after the SIGTERM (exit 0) the rest settled in generation "
           f"{generation(views):.0f} after {took_over:.2f}s; takeover metric: "
           f"{takeover_text(views)}")
-    print(f"[group grow+leave] acked {chk.acked}, DC1 {chk.dc1_records}, DC2 "
-          f"{chk.dc2_records} records, each once; DC2 complete after {took:.2f}s of "
-          f"reading; committed offsets at DC1's end; {status}")
+    print(f"[group grow+leave] {settled_text(chk, took)}; {status}")
 
 
 def test_member_frozen_past_its_session_then_resumed(dc1, dc2, proxy, tmp_path):
@@ -416,9 +424,7 @@ def test_member_frozen_past_its_session_then_resumed(dc1, dc2, proxy, tmp_path):
     finally:
         frozen.proc.signal(signal.SIGCONT)
     resumed, views = wait_stable(members, total, before + 1)
-    wait_acked_more(producers, 3)
-    acked = stop_load(producers)
-    chk, took = settle(dc1, dc2, group, topic, acked, members)
+    chk, took = stop_and_settle(dc1, dc2, group, topic, producers, members, 3)
     assert frozen.proc.poll() is None, \
         f"the resumed member exited with {frozen.proc.returncode}\n{frozen.proc.log_tail()}"
     status = check_status_group(members, group, topic)
@@ -427,9 +433,8 @@ def test_member_frozen_past_its_session_then_resumed(dc1, dc2, proxy, tmp_path):
           f"the other two owned everything after {took_over_text}; all three settled in "
           f"generation {generation(views):.0f} {resumed:.2f}s after SIGCONT; takeover "
           f"metric: {takeover_text(views)}")
-    print(f"[group sigstop] acked {chk.acked}, DC1 {chk.dc1_records}, DC2 {chk.dc2_records} "
-          f"records, each once; DC2 complete after {took:.2f}s of reading; committed "
-          f"offsets at DC1's end; the resumed member still runs; {status}")
+    print(f"[group sigstop] {settled_text(chk, took)}; the resumed member still runs; "
+          f"{status}")
 
 
 @pytest.mark.parametrize("old", [{"instances": 2}, {"instances": 2, "instance": 1},

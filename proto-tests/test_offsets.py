@@ -14,8 +14,8 @@ import pytest
 
 import harness
 import teeutil
-from harness import unique
-from teeutil import TRec, make_trecords, metric, write_config
+from harness import Rec, unique
+from teeutil import make_trecords, metric, write_config
 
 # Sync rounds in these tests (the default is 5 s).
 SYNC_MS = 500
@@ -58,19 +58,19 @@ def group_consumer(bootstrap: str, group: str, read_committed: bool = False, **e
     }))
 
 
-def _rec(m) -> TRec:
-    return TRec(m.key(), m.value(), (), None, m.partition(), m.offset())
+def _rec(m) -> Rec:
+    return Rec(m.key(), m.value(), (), m.partition(), m.offset())
 
 
 def consume_and_commit(bootstrap: str, topic: str, group: str, n: int,
-                       read_committed: bool = False, timeout: float = 60) -> list[TRec]:
+                       read_committed: bool = False, timeout: float = 60) -> list[Rec]:
     """A member of `group` processes the first `n` records it gets and commits, per
     partition, the offset after the last one it processed; then leaves."""
     from confluent_kafka import TopicPartition
 
     c = group_consumer(bootstrap, group, read_committed)
     c.subscribe([topic])
-    got: list[TRec] = []
+    got: list[Rec] = []
     last: dict[int, int] = {}
     deadline = time.monotonic() + timeout
     try:
@@ -90,12 +90,12 @@ def consume_and_commit(bootstrap: str, topic: str, group: str, n: int,
 
 def consume_rest(bootstrap: str, topic: str, group: str, expected: int,
                  read_committed: bool = False, timeout: float = 60,
-                 idle: float = 3.0) -> list[TRec]:
+                 idle: float = 3.0) -> list[Rec]:
     """A member of `group` reads from the group's committed offsets until it has
     `expected` records and then nothing new for `idle` seconds (or `timeout`)."""
     c = group_consumer(bootstrap, group, read_committed)
     c.subscribe([topic])
-    got: list[TRec] = []
+    got: list[Rec] = []
     deadline = time.monotonic() + timeout
     last_new = time.monotonic()
     try:
@@ -139,12 +139,12 @@ def wait_synced(px, dc2, group: str, topic: str, want: dict[int, int],
                          f"{metric(px, 'kafka_tee_consumer_offsets_sync_errors_total')}")
 
 
-def dc2_offsets_of(dc2_recs: list[TRec]) -> dict[bytes, tuple[int, int]]:
+def dc2_offsets_of(dc2_recs: list[Rec]) -> dict[bytes, tuple[int, int]]:
     return {r.key: (r.partition, r.offset) for r in dc2_recs}
 
 
-def expected_dc2_commits(dc1_recs: list[TRec], dc2_recs: list[TRec],
-                         consumed: list[TRec]) -> dict[int, int]:
+def expected_dc2_commits(dc1_recs: list[Rec], dc2_recs: list[Rec],
+                         consumed: list[Rec]) -> dict[int, int]:
     """Per partition the group committed, the DC2 offset of the first record it did
     not process (DC2's end as read when it processed them all): what an exact
     translation commits."""
@@ -160,7 +160,7 @@ def expected_dc2_commits(dc1_recs: list[TRec], dc2_recs: list[TRec],
     return out
 
 
-def assert_exactly_the_rest(all_keys: set, consumed: list[TRec], rest: list[TRec],
+def assert_exactly_the_rest(all_keys: set, consumed: list[Rec], rest: list[Rec],
                             what: str) -> None:
     done = {r.key for r in consumed}
     got = [r.key for r in rest]
@@ -181,8 +181,8 @@ def run_offsets_cli(dc1, dc2, group: str, *extra: str) -> subprocess.CompletedPr
         capture_output=True, text=True, timeout=60)
 
 
-def replicate(dc1, dc2, topic: str, recs: list[TRec], px,
-              identical: bool = True) -> tuple[list[TRec], list[TRec]]:
+def replicate(dc1, dc2, topic: str, recs: list[Rec], px,
+              identical: bool = True) -> tuple[list[Rec], list[Rec]]:
     """Produces `recs` through `px` and waits until DC2 is identical to DC1 (or, when
     not `identical`, holds `recs`); returns what DC1 and DC2 hold."""
     res = teeutil.produce_confluent(px.bootstrap, topic, recs)
@@ -195,7 +195,7 @@ def replicate(dc1, dc2, topic: str, recs: list[TRec], px,
 
 
 def fail_over(px, dc1, dc2, topic: str, group: str, dc1_recs, dc2_recs, n: int,
-              read_committed: bool = False, what: str = "") -> list[TRec]:
+              read_committed: bool = False, what: str = "") -> list[Rec]:
     """The group processes `n` records in DC1 and commits; once the sync committed the
     exact translation in DC2, a DC2 member of the group reads; asserts it reads
     exactly the rest. Returns what the group processed in DC1."""

@@ -67,40 +67,37 @@ def assert_only_proxy_connections(px: harness.Proxy, dc1: harness.Broker, what: 
 # ------------------------------------------------------------------ round trips
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_roundtrip_confluent(dc1, proxy, variant):
-    conf, _ = VARIANTS[variant]
+def roundtrip(dc1, proxy, variant: str, prefix: str, conf: dict, produce, consume,
+              client: str) -> None:
+    """Produces through the proxy with `produce` and `conf`, then reads the records
+    back with `consume`, with a group through the proxy and straight from DC1."""
     px = proxy(dc1.bootstrap)
-    topic = unique(f"ck-{variant}")
+    topic = unique(f"{prefix}-{variant}")
     create_topic(px.bootstrap, topic, partitions=PARTITIONS)
 
     sent = make_records(N_RECORDS, variant, partitions=PARTITIONS)
-    res = produce_confluent(px.bootstrap, topic, sent, **conf)
+    res = produce(px.bootstrap, topic, sent, **conf)
     want = expected_from(sent, res, acks0=variant == "acks0")
 
-    got = consume_confluent(px.bootstrap, topic, expected=len(sent), group=unique("g"))
-    assert_same_records(want, got, f"{variant}: group consumer through the proxy")
+    got = consume(px.bootstrap, topic, expected=len(sent), group=unique("g"))
+    assert_same_records(want, got, f"{variant}: {client} group consumer through the proxy")
 
-    direct = consume_confluent(dc1.bootstrap, topic, expected=len(sent))
-    assert_same_records(want, direct, f"{variant}: read straight from DC1")
+    direct = consume(dc1.bootstrap, topic, expected=len(sent))
+    assert_same_records(want, direct, f"{variant}: {client} read straight from DC1")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_roundtrip_confluent(dc1, proxy, variant):
+    conf, _ = VARIANTS[variant]
+    roundtrip(dc1, proxy, variant, "ck", conf, produce_confluent, consume_confluent,
+              "confluent-kafka")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_roundtrip_kafka_python(dc1, proxy, variant):
     _, conf = VARIANTS[variant]
-    px = proxy(dc1.bootstrap)
-    topic = unique(f"kp-{variant}")
-    create_topic(px.bootstrap, topic, partitions=PARTITIONS)
-
-    sent = make_records(N_RECORDS, variant, partitions=PARTITIONS)
-    res = produce_kafka_python(px.bootstrap, topic, sent, **conf)
-    want = expected_from(sent, res, acks0=variant == "acks0")
-
-    got = consume_kafka_python(px.bootstrap, topic, expected=len(sent), group=unique("g"))
-    assert_same_records(want, got, f"{variant}: kafka-python group consumer via proxy")
-
-    direct = consume_kafka_python(dc1.bootstrap, topic, expected=len(sent))
-    assert_same_records(want, direct, f"{variant}: kafka-python read straight from DC1")
+    roundtrip(dc1, proxy, variant, "kp", conf, produce_kafka_python, consume_kafka_python,
+              "kafka-python")
 
 
 def test_topic_created_by_kafka_python_admin(dc1, proxy):

@@ -75,7 +75,7 @@ def _wait_topic(bootstrap: str, topic: str, timeout: float) -> bool:
     return False
 
 
-def _produce(px: harness.Proxy, topic: str) -> list[teeutil.TRec]:
+def _produce(px: harness.Proxy, topic: str) -> list[harness.Rec]:
     harness.create_topic(px.bootstrap, topic, partitions=1)
     sent = make_trecords(N, "tls")
     res = teeutil.produce_confluent(px.bootstrap, topic, sent, **{"batch.num.messages": 10})

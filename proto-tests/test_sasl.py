@@ -81,7 +81,7 @@ def _wait_verified(cfg: Path, source: str, target: str, topic: str, timeout: flo
         time.sleep(1)
 
 
-def _produce(bootstrap: str, topic: str, tag: str, **conf) -> list[teeutil.TRec]:
+def _produce(bootstrap: str, topic: str, tag: str, **conf) -> list[harness.Rec]:
     sent = make_trecords(N, tag, value_size=200)
     res = teeutil.produce_confluent(bootstrap, topic, sent, **{"batch.num.messages": 10},
                                     **conf)

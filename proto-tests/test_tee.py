@@ -19,9 +19,9 @@ import pytest
 import harness
 import rawkafka
 import teeutil
-from harness import unique
-from teeutil import (TRec, assert_same_partitions, make_trecords, read_all, read_count,
-                     read_until, run_verify, sorted_by_offset, write_config)
+from harness import Rec, unique
+from teeutil import (assert_same_partitions, make_trecords, read_all, read_count, read_until,
+                     run_verify, sorted_by_offset, write_config)
 
 PARTITIONS = 3
 N = 300
@@ -47,7 +47,7 @@ def tee_with_config(dc1, dc2, proxy, tmp_path, replication: dict,
     return Tee(dc1, dc2, px)
 
 
-def expect_acked(sent: list[TRec], res: teeutil.Produced) -> list[TRec]:
+def expect_acked(sent: list[Rec], res: teeutil.Produced) -> list[Rec]:
     """Every record acked on the partition it was aimed at; returns them in DC1 offset
     order per partition."""
     assert res.errors == [], res.errors[:5]
@@ -58,8 +58,8 @@ def expect_acked(sent: list[TRec], res: teeutil.Produced) -> list[TRec]:
     return sorted_by_offset(res.acked)
 
 
-def assert_dc1_and_dc2_hold(t: Tee, topic: str, want: list[TRec], what: str,
-                            compare_timestamps: bool = True) -> list[TRec]:
+def assert_dc1_and_dc2_hold(t: Tee, topic: str, want: list[Rec], what: str,
+                            compare_timestamps: bool = True) -> list[Rec]:
     """DC1 holds `want` (offsets included), and DC2 holds the same records in the same
     order per partition. Returns what DC2 holds."""
     dc1 = read_count(t.dc1.bootstrap, topic, len(want), timeout=30)
@@ -88,28 +88,29 @@ VARIANTS = {
 }
 
 
+def records_reach_dc2(tee: Tee, variant: str, prefix: str, produce, conf: dict,
+                      client: str) -> None:
+    """N records (some without a key) produced through the proxy with `produce` and
+    `conf`: every one acked where it was aimed, and DC1 and DC2 hold them."""
+    topic = unique(f"tee-{prefix}-{variant}")
+    harness.create_topic(tee.px.bootstrap, topic, partitions=PARTITIONS)
+    sent = make_trecords(N, variant, partitions=PARTITIONS, null_keys=True)
+    want = expect_acked(sent, produce(tee.px.bootstrap, topic, sent, **conf))
+    assert_dc1_and_dc2_hold(tee, topic, want, f"{client} {variant}")
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_confluent_records_reach_dc2(tee, variant):
     conf, _ = VARIANTS[variant]
-    topic = unique(f"tee-ck-{variant}")
-    harness.create_topic(tee.px.bootstrap, topic, partitions=PARTITIONS)
-    sent = make_trecords(N, variant, partitions=PARTITIONS, null_keys=True)
-    res = teeutil.produce_confluent(tee.px.bootstrap, topic, sent,
-                                    **{"batch.num.messages": 40, **conf})
-    want = expect_acked(sent, res)
-    assert_dc1_and_dc2_hold(tee, topic, want, f"confluent {variant}")
+    records_reach_dc2(tee, variant, "ck", teeutil.produce_confluent,
+                      {"batch.num.messages": 40, **conf}, "confluent")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kafka_python_records_reach_dc2(tee, variant):
     _, conf = VARIANTS[variant]
-    topic = unique(f"tee-kp-{variant}")
-    harness.create_topic(tee.px.bootstrap, topic, partitions=PARTITIONS)
-    sent = make_trecords(N, variant, partitions=PARTITIONS, null_keys=True)
-    res = teeutil.produce_kafka_python(tee.px.bootstrap, topic, sent,
-                                       **{"batch_size": 2048, **conf})
-    want = expect_acked(sent, res)
-    assert_dc1_and_dc2_hold(tee, topic, want, f"kafka-python {variant}")
+    records_reach_dc2(tee, variant, "kp", teeutil.produce_kafka_python,
+                      {"batch_size": 2048, **conf}, "kafka-python")
 
 
 def test_parallel_producers_keep_dc1_order_in_dc2(tee):
@@ -193,7 +194,7 @@ def test_two_proxies_replicating_one_partition_are_reported(dc1, dc2, proxy, tmp
     harness.create_topic(a.bootstrap, topic, partitions=1)
     jumps = 'reason="foreign"'
 
-    def produce_via(px: harness.Proxy, tag: str) -> list[TRec]:
+    def produce_via(px: harness.Proxy, tag: str) -> list[Rec]:
         sent = make_trecords(20, tag, partitions=1)
         acked = expect_acked(sent, teeutil.produce_confluent(px.bootstrap, topic, sent))
         keys = {r.key for r in acked}
@@ -246,7 +247,7 @@ def test_verify_identical_then_names_extra_dc2_record(tee):
 
     # One record written straight to DC2 (partition 1), bypassing the proxy.
     extra = teeutil.produce_confluent(tee.dc2.bootstrap, topic,
-                                      [TRec(b"intruder", b"only-in-dc2", (), None, 1)])
+                                      [Rec(b"intruder", b"only-in-dc2", partition=1)])
     assert extra.errors == [] and len(extra.acked) == 1, extra.errors
     bad = run_verify(tee.dc1.bootstrap, tee.dc2.bootstrap, [topic])
     assert bad.returncode != 0, f"verify missed the extra record:\n{bad.stdout}"
@@ -401,8 +402,8 @@ def test_acks0_records_reach_dc2(tee, client):
     harness.create_topic(tee.px.bootstrap, topic, partitions=2)
     sent = make_trecords(200, f"a0{client}", partitions=2)
     # acks=0: no offsets come back; the send order per partition is the order.
-    want = [TRec(r.key, r.value, r.headers, r.timestamp, r.partition) for r in sent]
-    dc1: list[TRec] = []
+    want = [Rec(r.key, r.value, r.headers, r.partition, timestamp=r.timestamp) for r in sent]
+    dc1: list[Rec] = []
 
     def read_dc1():
         dc1.extend(read_count(tee.dc1.bootstrap, topic, len(want)))
