@@ -129,12 +129,6 @@ pub fn status_page(r: &StatusReport) -> String {
                 );
             }
             let _ = writeln!(h, "</table>");
-            if rep.partitions.iter().any(|p| p.partition.is_none()) {
-                let _ = writeln!(
-                    h,
-                    "<p>Partition * is a whole topic: its lag is known per topic only.</p>"
-                );
-            }
         }
     }
     let _ = writeln!(
